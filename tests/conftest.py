@@ -1,0 +1,14 @@
+"""Shared test set-up: the checkout on sys.path, paths to shared data."""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import ganeti_ovf  # noqa: E402,F401  (puts Ganeti's library on sys.path)
+
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+CORPUS = os.path.join(SHARED, "corpus")
+SCHEMAS = os.path.join(SHARED, "schemas")
