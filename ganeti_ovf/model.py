@@ -19,6 +19,20 @@ Params = Tuple[Tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
+class Member:
+    """A byte range of a file on disk: one file of a package, read in place.
+
+    An OVF folder's file is the whole file (offset 0); an OVA member is the
+    range of the tar that holds its data.
+    """
+
+    name: str  # the name inside the package
+    path: str  # the file on disk that holds the bytes
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
 class FileRef:
     """A References/File entry: a file of the package."""
 

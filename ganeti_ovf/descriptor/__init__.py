@@ -1,0 +1,1 @@
+"""The OVF descriptor: XML to model (reader) and model to XML (writer)."""
