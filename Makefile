@@ -1,0 +1,77 @@
+# ganeti-ovf: set-up, tests, demo, benchmark, installation.
+# Everything runs with Debian's /usr/bin/python3 (Ganeti's interpreter).
+
+PYTHON      ?= /usr/bin/python3
+PREFIX      ?= /usr
+SBINDIR     ?= $(PREFIX)/sbin
+MANDIR      ?= $(PREFIX)/share/man
+SYSCONFDIR  ?= /etc
+DESTDIR     ?=
+PYLIBDIR    ?= $(PREFIX)/lib/python3/dist-packages
+HOOKDIR     ?= $(SYSCONFDIR)/ganeti/hooks/instance-export-post.d
+PYTEST_ARGS ?=
+
+# Debian packages the project needs to run and to be tested.
+DEB_RUNTIME = ganeti ganeti-os-noop qemu-utils python3-lxml python3-pyparsing \
+              python3-cryptography util-linux libdeflate0 pigz
+DEB_TEST    = python3-pytest python3-mock python3-hypothesis tar openssl \
+              man-db groff-base iproute2 procps python3-venv
+DEB_ALL     = $(DEB_RUNTIME) $(DEB_TEST)
+
+.PHONY: all deps check test lint demo bench fuzz install uninstall clean
+
+all:
+	@echo "Targets: check (install deps, run tests), demo, bench, fuzz, install, uninstall"
+
+# Installs whatever is missing with apt (as root), once.
+deps:
+	@missing=""; for p in $(DEB_ALL); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" \
+	    || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=nointeractive \
+	    apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+check: deps
+	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+test: check
+
+lint:
+	ruff check ganeti_ovf tests hooks
+
+demo: deps
+	$(PYTHON) examples/demo.py
+
+bench: deps
+	$(PYTHON) bench/run.py
+
+fuzz: deps
+	GANETI_OVF_FUZZ_EXAMPLES=20000 $(PYTHON) -m pytest -q -p no:cacheprovider tests -k fuzz
+
+install:
+	install -d $(DESTDIR)$(PYLIBDIR)/ganeti_ovf/descriptor
+	install -m 0644 ganeti_ovf/*.py $(DESTDIR)$(PYLIBDIR)/ganeti_ovf/
+	install -m 0644 ganeti_ovf/descriptor/*.py $(DESTDIR)$(PYLIBDIR)/ganeti_ovf/descriptor/
+	install -d $(DESTDIR)$(SBINDIR)
+	install -m 0755 scripts/gnt-ovf $(DESTDIR)$(SBINDIR)/gnt-ovf
+	install -d $(DESTDIR)$(MANDIR)/man8
+	install -m 0644 man/gnt-ovf.8 $(DESTDIR)$(MANDIR)/man8/gnt-ovf.8
+	if [ -f hooks/ovf-export ]; then \
+	  install -d $(DESTDIR)$(HOOKDIR) && \
+	  install -m 0755 hooks/ovf-export $(DESTDIR)$(HOOKDIR)/ganeti-ovf-export; fi
+	if [ -f hooks/ovf-export.conf ]; then \
+	  install -d $(DESTDIR)$(SYSCONFDIR)/ganeti && \
+	  install -m 0644 hooks/ovf-export.conf $(DESTDIR)$(SYSCONFDIR)/ganeti/ovf-export.conf.example; fi
+
+uninstall:
+	rm -rf $(DESTDIR)$(PYLIBDIR)/ganeti_ovf
+	rm -f $(DESTDIR)$(SBINDIR)/gnt-ovf $(DESTDIR)$(MANDIR)/man8/gnt-ovf.8
+	rm -f $(DESTDIR)$(HOOKDIR)/ganeti-ovf-export
+	rm -f $(DESTDIR)$(SYSCONFDIR)/ganeti/ovf-export.conf.example
+
+clean:
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf .pytest_cache build bench-results

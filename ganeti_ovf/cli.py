@@ -1,0 +1,260 @@
+"""The gnt-ovf command: a Ganeti client module (command table, options).
+
+Shaped like ganeti/client/gnt_backup.py: one function per command taking
+(opts, args) and returning an exit code, a `commands` table, and Main()
+calling ganeti.cli.GenericMain.  It parses options and calls the pipeline
+modules; it holds no conversion logic.  The library's OvfError family is
+turned here into Ganeti's one-line "Failure: ..." and a non-zero exit.
+"""
+
+import functools
+import logging
+import optparse
+import sys
+
+from ganeti import cli, constants, errors, pathutils, utils
+from ganeti.cli import ArgFile, ToStderr, ToStdout, cli_option
+
+from ganeti_ovf import describe, importer, publish
+from ganeti_ovf.errors import OptionError, OvfError
+from ganeti_ovf.package import Package
+from ganeti_ovf.plan import ImportOverrides
+
+EXIT_FAILURE = constants.EXIT_FAILURE
+
+
+# ------------------------------------------------------------------ options
+
+NAME_OPT = cli_option("--name", dest="name", default=None, metavar="<name>",
+                      help="Instance name (default: the package's virtual"
+                      " system name)")
+OUTPUT_DIR_OPT = cli_option("--output-dir", dest="output_dir", default=None,
+                            metavar="<dir>",
+                            help="Where to write the result (import: default"
+                            " %s; export: default the current directory)"
+                            % pathutils.EXPORT_DIR)
+SYSTEM_OPT = cli_option("--system", dest="system", default=None, metavar="<id|name>",
+                        help="The virtual system to import from a package that"
+                        " holds several")
+PROFILE_OPT = cli_option("--profile", dest="profile", default=None, metavar="<id>",
+                         help="The DeploymentOptionSection profile to use"
+                         " (default: the package's default)")
+REQUIRE_MANIFEST_OPT = cli_option("--require-manifest", dest="require_manifest",
+                                  default=False, action="store_true",
+                                  help="Refuse a package without a manifest")
+KEEP_HOST_PARAMS_OPT = cli_option("--keep-host-params", dest="keep_host_params",
+                                  default=False, action="store_true",
+                                  help="Apply the package's hypervisor and OS"
+                                  " parameters that name host paths or pass host"
+                                  " arguments (dropped by default)")
+OUTPUT_FORMAT_OPT = cli_option("--output", dest="output_format", default="text",
+                               choices=["text", "json"], metavar="text|json",
+                               help="Output format of info (default: text)")
+VERIFY_OPT = cli_option("--verify", dest="verify", default=False, action="store_true",
+                        help="Also check the manifest digests (reads every file)")
+REPLACE_OPT = cli_option("-f", "--force", dest="force", action="store_true",
+                         default=False, help="Replace an existing output")
+
+import_opts = [
+    NAME_OPT, OUTPUT_DIR_OPT, cli.BACKEND_OPT, cli.HYPERVISOR_OPT, cli.OS_OPT,
+    cli.OSPARAMS_OPT, cli.DISK_TEMPLATE_OPT, cli.DISK_OPT, cli.NET_OPT,
+    cli.NONICS_OPT, cli.TAG_ADD_OPT, SYSTEM_OPT, PROFILE_OPT, REPLACE_OPT,
+    REQUIRE_MANIFEST_OPT, KEEP_HOST_PARAMS_OPT, cli.VERBOSE_OPT,
+]
+info_opts = [OUTPUT_FORMAT_OPT, PROFILE_OPT, VERIFY_OPT]
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _library_errors(func):
+    """Turn the library's errors into Ganeti's one-line failure."""
+    @functools.wraps(func)
+    def wrapper(opts, args):
+        try:
+            return func(opts, args)
+        except OvfError as err:
+            logging.debug("Command failed", exc_info=True)
+            ToStderr("Failure: %s", err)
+            return EXIT_FAILURE
+        except OSError as err:
+            if opts.debug:
+                raise
+            logging.debug("Command failed", exc_info=True)
+            ToStderr("Failure: %s%s", err.strerror or err,
+                     ": %s" % err.filename if err.filename else "")
+            return EXIT_FAILURE
+        except (errors.GenericError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # never a traceback for the operator
+            if opts.debug:
+                raise
+            logging.exception("Unexpected error")
+            ToStderr("Failure: unexpected error (run with --debug for details):"
+                     " %s: %s", type(err).__name__, err)
+            return EXIT_FAILURE
+    return wrapper
+
+
+def _feedback(opts):
+    def feedback(message: str) -> None:
+        if message.startswith("WARNING:") or getattr(opts, "verbose", False):
+            ToStderr("%s", message)
+        logging.info("%s", message)
+    return feedback
+
+
+def _indexed(values, option: str) -> dict:
+    """ganeti.cli's identkeyval list ("N", {...}) as {N: {...}}."""
+    result = {}
+    for index, params in values:
+        if not (index.isascii() and index.isdigit()):
+            raise OptionError("%s %s: the index must be a number" % (option, index))
+        if not isinstance(params, dict):
+            raise OptionError("%s %s: expected N:option=value,..." % (option, index))
+        if int(index) in result:
+            raise OptionError("%s %s given twice" % (option, index))
+        result[int(index)] = params
+    return result
+
+
+def _blank_disks(values) -> dict:
+    sizes = {}
+    for index, params in _indexed(values, "--disk").items():
+        unknown = set(params) - {constants.IDISK_SIZE, constants.IDISK_NAME}
+        if unknown or constants.IDISK_SIZE not in params:
+            raise OptionError("--disk %d: only size=VALUE (and name=) are accepted here"
+                              % index)
+        try:
+            size_mib = utils.ParseUnit(params[constants.IDISK_SIZE])
+        except errors.UnitParseError as err:
+            raise OptionError("--disk %d: %s" % (index, err))
+        if size_mib < 1:
+            raise OptionError("--disk %d: size must be at least 1 MiB" % index)
+        sizes[index] = size_mib * 1024 * 1024
+    return sizes
+
+
+def _overrides(opts) -> ImportOverrides:
+    hypervisor, hv_params = None, {}
+    if opts.hypervisor:
+        hypervisor, hv_params = opts.hypervisor
+        if not isinstance(hv_params, dict):
+            raise OptionError("-H: expected hypervisor[:option=value,...]")
+    tags = None
+    if opts.tags is not None:
+        tags = tuple(tag for tag in opts.tags.split(",") if tag)
+    return ImportOverrides(
+        name=opts.name, disk_template=opts.disk_template, hypervisor=hypervisor,
+        hypervisor_params=hv_params, os_name=opts.os, os_params=opts.osparams,
+        backend_params=opts.beparams, blank_disks=_blank_disks(opts.disks),
+        nics=_indexed(opts.nics, "--net"), no_nics=opts.no_nics, tags=tags,
+        keep_host_params=opts.keep_host_params)
+
+
+# ------------------------------------------------------------------ commands
+
+
+@_library_errors
+def ImportPackage(opts, args):
+    """Convert an OVF/OVA package into a Ganeti export directory.
+
+    @param opts: the command line options selected by the user
+    @type args: list
+    @param args: the package (.ovf or .ova)
+    @rtype: int
+    @return: the desired exit code
+
+    """
+    output_dir = opts.output_dir or pathutils.EXPORT_DIR
+    request = importer.ImportRequest(
+        package_path=args[0], output_dir=output_dir, overrides=_overrides(opts),
+        system=opts.system, profile=opts.profile, force=opts.force,
+        require_manifest=opts.require_manifest)
+    result = importer.import_package(request, _feedback(opts))
+    ToStdout("Instance %s written to %s", result.plan.system.name, result.directory)
+    if importer.under_export_dir(result.directory, pathutils.EXPORT_DIR):
+        ToStdout("Import it with: gnt-backup import -n NODE --src-node NODE"
+                 " --src-dir %s %s", result.directory, result.plan.system.name)
+    else:
+        ToStderr("WARNING: %s is outside Ganeti's export directory %s:"
+                 " gnt-backup import would create the instance with empty disks."
+                 " Move it there first (mv %s %s/) and import with"
+                 " gnt-backup import --src-dir %s/%s", result.directory,
+                 pathutils.EXPORT_DIR, result.directory, pathutils.EXPORT_DIR,
+                 pathutils.EXPORT_DIR, result.plan.system.name)
+    return 0
+
+
+@_library_errors
+def ShowPackageInfo(opts, args):
+    """Describe a package without converting anything.
+
+    @param opts: the command line options selected by the user
+    @type args: list
+    @param args: the package (.ovf or .ova)
+    @rtype: int
+    @return: the desired exit code
+
+    """
+    with publish.scratch_dir() as scratch:
+        package = Package.open(args[0], staging_dir=scratch)
+        appliance = importer.read_package(package, opts.profile)
+        document = describe.describe_package(package, appliance, verify=opts.verify)
+    if opts.output_format == "json":
+        ToStdout("%s", describe.to_json(document))
+    else:
+        ToStdout("%s", describe.to_text(document))
+    return 0
+
+
+commands = {
+    "import": (
+        ImportPackage, [ArgFile(min=1, max=1)], import_opts,
+        "[options...] <package.ovf|package.ova>",
+        "Converts an OVF/OVA package into a Ganeti export"),
+    "info": (
+        ShowPackageInfo, [ArgFile(min=1, max=1)], info_opts,
+        "[--output=json] <package.ovf|package.ova>",
+        "Describes an OVF/OVA package without converting it"),
+}
+
+
+def hoist_positionals(argv: list, table: dict) -> list:
+    """Let options follow the package name, as the design document's
+    examples do: GenericMain stops option parsing at the first argument."""
+    if len(argv) < 3 or argv[1] not in table:
+        return argv
+    parser = optparse.OptionParser(option_list=table[argv[1]][2] + cli.COMMON_OPTS,
+                                   add_help_option=False)
+    options, positionals = [], []
+    rest = list(argv[2:])
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            positionals.extend(rest)
+            break
+        if arg.startswith("--"):
+            try:
+                option = parser._long_opt[parser._match_long_opt(arg.split("=", 1)[0])]
+            except (optparse.BadOptionError, KeyError):
+                return argv  # let GenericMain report it
+            options.append(arg)
+            if option.takes_value() and "=" not in arg and rest:
+                options.append(rest.pop(0))
+        elif arg.startswith("-") and len(arg) > 1:
+            option = parser._short_opt.get(arg[:2])
+            if option is None:
+                return argv
+            options.append(arg)
+            if option.takes_value() and len(arg) == 2 and rest:
+                options.append(rest.pop(0))
+        else:
+            positionals.append(arg)
+    return argv[:2] + options + (["--"] + positionals if positionals else [])
+
+
+def Main():
+    sys.argv = hoist_positionals(sys.argv, commands)
+    return cli.GenericMain(commands)
+

@@ -1,0 +1,168 @@
+"""`gnt-ovf info`: a package described from its descriptor alone.
+
+Builds the stable JSON document documented in gnt-ovf(8) (schema version 1)
+and its plain-text rendering.  Disk files need not be present; the manifest
+is parsed when present, and digests are checked only when asked (--verify).
+"""
+
+import json
+from typing import Any, Optional
+
+from ganeti_ovf import plan as plan_rules
+from ganeti_ovf.errors import OvfError
+from ganeti_ovf.model import Appliance, VirtualSystem
+from ganeti_ovf.package import Package
+
+SCHEMA_VERSION = 1
+
+
+def describe_package(package: Package, appliance: Appliance,
+                     verify: bool = False) -> dict:
+    """The info document for a package."""
+    document: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "package": package.path,
+        "kind": package.kind,
+        "descriptor": package.descriptor_name,
+        "ovf_version": appliance.ovf_version,
+        "profile": appliance.profile,
+        "profiles": [{"id": p.profile_id, "label": p.label, "default": p.default}
+                     for p in appliance.profiles],
+        "systems": [_system(system, package) for system in appliance.systems],
+        "manifest": _manifest(package, appliance, verify),
+        "warnings": list(package.warnings) + list(appliance.warnings),
+    }
+    return document
+
+
+def _system(system: VirtualSystem, package: Package) -> dict:
+    ganeti = system.ganeti
+    dropped = []
+    if ganeti is not None:
+        dropped = ["hypervisor:%s" % key for key, _ in ganeti.hypervisor_params
+                   if plan_rules.is_host_param(key)]
+        dropped += ["os:%s" % key for key, _ in ganeti.os_params
+                    if plan_rules.is_host_param(key)]
+    return {
+        "id": system.system_id,
+        "name": system.name,
+        "os": {"cim_id": system.os_id, "description": system.os_description,
+               "ganeti_os": ganeti.os_name if ganeti else None},
+        "vcpus": system.vcpus,
+        "memory_mib": system.memory_mib,
+        "hardware_family": system.hardware_family,
+        "disks": [{
+            "id": disk.disk_id,
+            "capacity": disk.capacity,
+            "blank": disk.blank,
+            "file": disk.file.href if disk.file else None,
+            "file_size": disk.file.size if disk.file else None,
+            "present": _present(package, disk.file.href) if disk.file else None,
+            "format": disk.format_uri,
+            "compression": disk.file.compression if disk.file else None,
+            "chunk_size": disk.file.chunk_size if disk.file else None,
+            "name": disk.name,
+        } for disk in system.disks],
+        "nics": [{"network": nic.network, "mac": nic.mac, "model": nic.model,
+                  "mode": nic.mode, "link": nic.link} for nic in system.nics],
+        "ganeti": None if ganeti is None else {
+            "disk_template": ganeti.disk_template,
+            "hypervisor": ganeti.hypervisor,
+            "hypervisor_params": dict(ganeti.hypervisor_params),
+            "os": ganeti.os_name,
+            "os_params": dict(ganeti.os_params),
+            "backend_params": dict(ganeti.backend_params),
+            "tags": list(ganeti.tags),
+        },
+        "dropped_parameters": dropped,
+    }
+
+
+def _present(package: Package, href: str) -> bool:
+    return package.has(href) or package.has(href + ".000000000")
+
+
+def _manifest(package: Package, appliance: Appliance, verify: bool) -> Optional[dict]:
+    try:
+        manifest = package.manifest()
+    except OvfError as err:
+        return {"present": True, "valid": False, "error": str(err)}
+    if manifest is None:
+        return None
+    result: dict[str, Any] = {
+        "present": True, "valid": True,
+        "algorithms": sorted({entry.algorithm for entry in manifest.entries}),
+        "entries": len(manifest.entries),
+        "certificate": package.certificate_bytes() is not None,
+    }
+    if verify:
+        try:
+            names = [package.descriptor_name]
+            for system in appliance.systems:
+                for disk in system.disks:
+                    if disk.file:
+                        names.append(disk.file.href)
+            manifest.require(names)
+            for name in names:
+                manifest.verify(package.member(name))
+            result["verified"] = True
+        except OvfError as err:
+            result["verified"] = False
+            result["error"] = str(err)
+    return result
+
+
+def to_json(document: dict) -> str:
+    return json.dumps(document, indent=2, sort_keys=True)
+
+
+def to_text(document: dict) -> str:
+    """The human rendering of an info document."""
+    lines = ["Package: %s (%s, OVF %s)" % (document["package"], document["kind"],
+                                          document["ovf_version"])]
+    if document["profiles"]:
+        lines.append("Profiles: %s (using %s)" % (
+            ", ".join(p["id"] + (" [default]" if p["default"] else "")
+                      for p in document["profiles"]), document["profile"]))
+    manifest = document["manifest"]
+    if manifest is None:
+        lines.append("Manifest: none")
+    elif not manifest["valid"]:
+        lines.append("Manifest: invalid: %s" % manifest["error"])
+    else:
+        state = ""
+        if "verified" in manifest:
+            state = ", digests verified" if manifest["verified"] else \
+                ", VERIFICATION FAILED: %s" % manifest["error"]
+        lines.append("Manifest: %d entries (%s)%s%s" % (
+            manifest["entries"], ", ".join(manifest["algorithms"]),
+            ", signed" if manifest["certificate"] else "", state))
+    for system in document["systems"]:
+        lines.append("Virtual system %s%s" % (
+            system["id"], " (%s)" % system["name"] if system["name"] != system["id"] else ""))
+        os_info = system["os"]
+        lines.append("  OS: %s" % ", ".join(str(v) for v in (
+            os_info["ganeti_os"], os_info["description"],
+            "CIM %s" % os_info["cim_id"] if os_info["cim_id"] is not None else None)
+            if v) or "  OS: unknown")
+        lines.append("  vCPUs: %s, memory: %s MiB" % (system["vcpus"], system["memory_mib"]))
+        for index, disk in enumerate(system["disks"]):
+            source = "blank" if disk["blank"] else "%s%s%s" % (
+                disk["file"], ", gzip" if disk["compression"] == "gzip" else "",
+                ", chunked" if disk["chunk_size"] else "")
+            lines.append("  disk/%d: %s, %d bytes (%s)" % (
+                index, disk["id"], disk["capacity"], source))
+        for index, nic in enumerate(system["nics"]):
+            lines.append("  nic/%d: network %s, MAC %s, model %s" % (
+                index, nic["network"], nic["mac"], nic["model"]))
+        if system["ganeti"]:
+            ganeti = system["ganeti"]
+            lines.append("  Ganeti: template %s, hypervisor %s, tags %s" % (
+                ganeti["disk_template"], ganeti["hypervisor"],
+                " ".join(ganeti["tags"]) or "none"))
+        if system["dropped_parameters"]:
+            lines.append("  Not applied on import: %s" % ", ".join(system["dropped_parameters"]))
+    for warning in document["warnings"]:
+        lines.append("Warning: %s" % warning)
+    return "\n".join(lines)
+

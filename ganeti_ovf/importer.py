@@ -1,0 +1,142 @@
+"""`gnt-ovf import` and `gnt-ovf info`: the import pipeline, stage by stage.
+
+package (members in place) → manifest check → descriptor → plan (overrides,
+Ganeti's checks) → disks (inspect, convert to raw in staging) → config.ini →
+publish (atomic, no replace unless forced).  This module only sequences the
+stages; each stage lives in its own module.
+"""
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ganeti_ovf import disks, ganeti_export, publish
+from ganeti_ovf.descriptor.reader import parse_descriptor
+from ganeti_ovf.errors import ManifestError, PackageError
+from ganeti_ovf.ganeti_export import ExportedDisk, size_to_mib
+from ganeti_ovf.model import Appliance, Disk, VirtualSystem
+from ganeti_ovf.package import Package
+from ganeti_ovf.plan import ImportOverrides, Plan, make_plan
+
+Feedback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    """Everything `gnt-ovf import` was asked to do."""
+
+    package_path: str
+    output_dir: str
+    overrides: ImportOverrides
+    system: Optional[str] = None  # --system ID|NAME
+    profile: Optional[str] = None  # --profile
+    force: bool = False
+    require_manifest: bool = False
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    directory: str
+    plan: Plan
+    config_text: str
+    warnings: tuple
+
+
+def read_package(package: Package, profile: Optional[str]) -> Appliance:
+    """The package's descriptor, parsed for `profile`."""
+    return parse_descriptor(package.descriptor_bytes(), profile=profile,
+                            source=package.descriptor_name)
+
+
+def disk_members(package: Package, disk: Disk) -> list:
+    """The members holding `disk`'s file, in order (several when chunked)."""
+    ref = disk.file
+    if ref is None:
+        return []
+    if ref.chunk_size:
+        return package.chunks(ref.href)
+    return [package.member(ref.href)]
+
+
+def check_manifest(package: Package, referenced: list, require: bool,
+                   feedback: Feedback) -> None:
+    """Verify the digests of the descriptor and every referenced member."""
+    manifest = package.manifest()
+    if manifest is None:
+        if require:
+            raise ManifestError("%s: the package has no manifest (required by"
+                                " --require-manifest)" % package.descriptor_name)
+        feedback("WARNING: the package has no manifest: its files are not verified")
+        return
+    names = [package.descriptor_name] + [member.name for member in referenced]
+    manifest.require(names)
+    for member in [package.member(package.descriptor_name)] + referenced:
+        manifest.verify(member)
+
+
+def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
+    """Convert an OVF/OVA package into a Ganeti export directory."""
+    output_dir = os.path.abspath(request.output_dir)
+    for name in publish.clean_stale_staging(output_dir):
+        logging.info("Removed staging left by an interrupted run: %s", name)
+
+    # The provisional staging name becomes the instance name once it is known.
+    with publish.Staging(output_dir, "import") as staging:
+        package = Package.open(request.package_path, staging_dir=staging.scratch())
+        warnings = list(package.warnings)
+        appliance = read_package(package, request.profile)
+        warnings.extend(appliance.warnings)
+        system = appliance.system(request.system)
+        plan = make_plan(system, request.overrides)
+        warnings.extend(plan.warnings)
+        for warning in warnings:
+            feedback("WARNING: %s" % warning)
+
+        converted = [disk for disk in plan.system.disks if not disk.blank]
+        members = {disk.disk_id: disk_members(package, disk) for disk in converted}
+        check_manifest(package, [m for disk in converted for m in members[disk.disk_id]],
+                       request.require_manifest, feedback)
+
+        name = plan.system.name
+        staging.name = name
+        staging.target = os.path.join(output_dir, name)
+        with publish.name_lock(output_dir, name):
+            if os.path.lexists(staging.target) and not request.force:
+                raise PackageError("%s already exists (use --force to replace it)"
+                                   % staging.target)
+            exported = _convert_disks(plan.system, members, staging, feedback)
+            config = ganeti_export.build_config(plan.system, exported,
+                                                source=socket.getfqdn())
+            with open(staging.file(ganeti_export.CONFIG_NAME), "w") as handle:
+                handle.write(config)
+            directory = staging.publish_directory(replace=request.force)
+    return ImportResult(directory=directory, plan=plan, config_text=config,
+                        warnings=tuple(warnings))
+
+
+def _convert_disks(system: VirtualSystem, members: dict, staging: publish.Staging,
+                   feedback: Feedback) -> list:
+    exported = []
+    for index, disk in enumerate(system.disks):
+        dump = "disk%d.raw" % index
+        dest = staging.file(dump)
+        if disk.blank:
+            feedback("Creating blank disk %d (%d MiB)" % (index, size_to_mib(disk.capacity)))
+            disks.create_blank(dest, disk.capacity)
+            size = disk.capacity
+        else:
+            feedback("Converting disk %d (%s) to raw" % (index, disk.file.href))
+            result = disks.import_disk(members[disk.disk_id], disk.file.compression,
+                                       disk.capacity, dest, staging.scratch())
+            size = max(disk.capacity, result.virtual_size)
+        exported.append(ExportedDisk(dump=dump, size_mib=size_to_mib(size), name=disk.name))
+    return exported
+
+
+def under_export_dir(path: str, export_dir: str) -> bool:
+    """Whether `path` is inside Ganeti's export directory."""
+    path = os.path.realpath(path)
+    export_dir = os.path.realpath(export_dir)
+    return os.path.commonpath([path, export_dir]) == export_dir

@@ -1,0 +1,310 @@
+"""The instance plan: a package's virtual system merged with the operator's
+overrides and checked with Ganeti's own validators.
+
+Pure: no files, no subprocesses.  Input is the descriptor's VirtualSystem and
+an ImportOverrides (what the command line said); output is the VirtualSystem
+that config.ini is written from, plus warnings.  Everything that reaches
+Ganeti passes one of Ganeti's checks here: instance name (netutils.Hostname),
+MACs (utils.NormalizeAndValidateMac), tags (objects.TaggableObject), disk
+templates, hypervisors and NIC modes (constants), backend parameter types
+(utils.ForceDictType).  Hypervisor and OS parameters written by a foreign
+package are not trusted: those that name host paths or pass raw arguments to
+the host are dropped unless the operator keeps them.
+"""
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ganeti import constants, errors, netutils, objects, utils
+
+from ganeti_ovf.errors import OptionError
+from ganeti_ovf.model import Disk, GanetiSettings, Nic, Params, VirtualSystem
+
+MIB = 1024 * 1024
+
+# Hypervisor parameters that point the host at its own files or devices, or
+# hand raw arguments to host programs.  A package must not choose them.
+HOST_HV_PARAMS = frozenset([
+    "kvm_extra", "kvm_path", "device_model", "bootloader_args", "usb_devices",
+    "pci_pass", "xen_cmd", "lxc_extra_config", "lxc_extra_cgroups",
+    "security_domain", "cpu_mask", "vnc_bind_address", "spice_bind",
+    "migration_port",
+])
+# ...and any parameter whose name says it is a host file or program.
+HOST_PARAM_SUFFIXES = ("_path", "_file", "_script", "_dir")
+# root_path names a device inside the guest, not on the host.
+GUEST_PARAMS = frozenset(["root_path"])
+_OS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_PARAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+
+
+@dataclass(frozen=True)
+class ImportOverrides:
+    """What the operator said on the command line (None: not said)."""
+
+    name: Optional[str] = None
+    disk_template: Optional[str] = None
+    hypervisor: Optional[str] = None
+    hypervisor_params: dict = field(default_factory=dict)
+    os_name: Optional[str] = None
+    os_params: dict = field(default_factory=dict)
+    backend_params: dict = field(default_factory=dict)
+    blank_disks: dict = field(default_factory=dict)  # index -> size in bytes
+    nics: dict = field(default_factory=dict)  # index -> {option: value}
+    no_nics: bool = False
+    tags: Optional[tuple] = None
+    keep_host_params: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The instance to write, and what was changed on the way."""
+
+    system: VirtualSystem
+    warnings: tuple = ()
+    dropped_params: tuple = ()  # ("hypervisor"|"os", name) pairs
+
+
+def _fail(message: str) -> OptionError:
+    return OptionError(message)
+
+
+def _ganeti_check(what: str, func, *args) -> Any:
+    try:
+        return func(*args)
+    except (errors.OpPrereqError, errors.TagError, errors.TypeEnforcementError,
+            errors.ParameterError) as err:
+        detail = err.args[0] if err.args else str(err)
+        raise _fail("%s: %s" % (what, detail))
+
+
+def instance_name(name: Optional[str]) -> str:
+    """A valid Ganeti instance name, or OptionError."""
+    if not name:
+        raise _fail("the package names no virtual system; give --name")
+    return _ganeti_check("instance name %r (use --name to choose another)" % name,
+                         netutils.Hostname.GetNormalizedName, name)
+
+
+def disk_template(template: Optional[str]) -> Optional[str]:
+    if template is not None and template not in constants.DISK_TEMPLATES:
+        raise _fail("disk template %r is not one of %s"
+                    % (template, ", ".join(sorted(constants.DISK_TEMPLATES))))
+    return template
+
+
+def hypervisor_name(name: Optional[str]) -> Optional[str]:
+    if name is not None and name not in constants.HYPER_TYPES:
+        raise _fail("hypervisor %r is not one of %s"
+                    % (name, ", ".join(sorted(constants.HYPER_TYPES))))
+    return name
+
+
+def os_name(name: Optional[str]) -> Optional[str]:
+    if name is not None and not _OS_NAME_RE.match(name):
+        raise _fail("OS name %r is not a valid Ganeti OS name" % name)
+    return name
+
+
+def mac_address(mac: Optional[str], what: str) -> Optional[str]:
+    if mac is None or mac.lower() in (constants.VALUE_AUTO, constants.VALUE_GENERATE):
+        return None
+    return _ganeti_check(what, utils.NormalizeAndValidateMac, mac)
+
+
+def tags(values) -> tuple:
+    for tag in values:
+        _ganeti_check("tag %r" % tag, objects.TaggableObject.ValidateTag, tag)
+    return tuple(values)
+
+
+def _params(values: dict, what: str) -> Params:
+    result = []
+    for key, value in values.items():
+        if not isinstance(key, str) or not _PARAM_NAME_RE.match(key):
+            raise _fail("%s parameter name %r is not valid" % (what, key))
+        if isinstance(value, bool):
+            value = str(value)
+        if value is None:
+            continue
+        result.append((key, str(value)))
+    return tuple(result)
+
+
+def backend_params(values: dict) -> dict:
+    """Backend parameters typed as Ganeti types them, back as strings."""
+    checked = dict(values)
+    for key in checked:
+        if key not in constants.BES_PARAMETER_COMPAT:
+            raise _fail("unknown backend parameter %r (known: %s)"
+                        % (key, ", ".join(sorted(constants.BES_PARAMETER_COMPAT))))
+    _ganeti_check("backend parameters", utils.ForceDictType, checked,
+                  constants.BES_PARAMETER_COMPAT)
+    if constants.BE_MEMORY in checked:
+        memory = checked.pop(constants.BE_MEMORY)
+        checked.setdefault(constants.BE_MAXMEM, memory)
+        checked.setdefault(constants.BE_MINMEM, memory)
+    return {key: str(value) for key, value in checked.items()}
+
+
+def _filter_host_params(params: Params, what: str, keep: bool,
+                        dropped: list) -> Params:
+    if keep:
+        return params
+    kept = []
+    for key, value in params:
+        if is_host_param(key):
+            dropped.append((what, key))
+        else:
+            kept.append((key, value))
+    return tuple(kept)
+
+
+def is_host_param(name: str) -> bool:
+    """Whether a hypervisor/OS parameter names host files or host arguments."""
+    name = name.replace("-", "_").lower()
+    if name in GUEST_PARAMS:
+        return False
+    return name in HOST_HV_PARAMS or name.endswith(HOST_PARAM_SUFFIXES)
+
+
+def _merge(base: Params, overrides: dict, what: str) -> Params:
+    merged = dict(base)
+    merged.update(dict(_params(overrides, what)))
+    return tuple(merged.items())
+
+
+def nic_settings(index: int, options: dict, base: Nic) -> Nic:
+    """Apply one --net N:... option to a NIC, with Ganeti's checks."""
+    options = dict(options)
+    unknown = set(options) - set(constants.INIC_PARAMS)
+    if unknown:
+        raise _fail("--net %d: unknown option(s) %s" % (index, ", ".join(sorted(unknown))))
+    _ganeti_check("--net %d" % index, utils.ForceDictType, options,
+                  constants.INIC_PARAMS_TYPES)
+    mode = options.get(constants.INIC_MODE, base.mode)
+    if mode is not None and mode not in constants.NIC_VALID_MODES:
+        raise _fail("--net %d: mode %r is not one of %s"
+                    % (index, mode, ", ".join(sorted(constants.NIC_VALID_MODES))))
+    ip = options.get(constants.INIC_IP, base.ip)
+    if ip is not None and ip.lower() not in (constants.VALUE_NONE, constants.NIC_IP_POOL) \
+            and not netutils.IPAddress.IsValid(ip):
+        raise _fail("--net %d: invalid IP address %r" % (index, ip))
+    network = options.get(constants.INIC_NETWORK, base.ganeti_network)
+    link = options.get(constants.INIC_LINK, base.link)
+    if network and (constants.INIC_MODE in options or constants.INIC_LINK in options):
+        raise _fail("--net %d: a network and a mode or link cannot be given together"
+                    % index)
+    if network:
+        mode, link = None, None
+    mac = mac_address(options.get(constants.INIC_MAC, base.mac), "--net %d mac" % index)
+    return dataclasses.replace(base, mode=mode, link=link, ip=ip, ganeti_network=network,
+                               mac=mac, vlan=options.get(constants.INIC_VLAN, base.vlan),
+                               name=options.get(constants.INIC_NAME, base.name))
+
+
+def make_plan(system: VirtualSystem, overrides: ImportOverrides) -> Plan:
+    """Merge `system` with `overrides` into the instance to write."""
+    warnings: list = []
+    dropped: list = []
+    package = system.ganeti or GanetiSettings()
+
+    name = instance_name(overrides.name or system.name or system.system_id)
+    template = disk_template(overrides.disk_template or package.disk_template)
+
+    hv_name = hypervisor_name(overrides.hypervisor or package.hypervisor)
+    hv_params = _filter_host_params(package.hypervisor_params, "hypervisor",
+                                    overrides.keep_host_params, dropped)
+    if overrides.hypervisor and package.hypervisor and \
+            overrides.hypervisor != package.hypervisor:
+        hv_params = ()  # the package's parameters belong to another hypervisor
+    hv_params = _merge(hv_params, overrides.hypervisor_params, "hypervisor")
+
+    os_params = _filter_host_params(package.os_params, "os",
+                                    overrides.keep_host_params, dropped)
+    os_params = _merge(os_params, overrides.os_params, "OS")
+    chosen_os = os_name(overrides.os_name or package.os_name)
+
+    backend = dict(package.backend_params)
+    if system.vcpus is not None:
+        backend[constants.BE_VCPUS] = str(system.vcpus)
+    if system.memory_mib is not None:
+        backend[constants.BE_MAXMEM] = str(system.memory_mib)
+        backend.setdefault(constants.BE_MINMEM, str(system.memory_mib))
+    if overrides.backend_params:
+        if constants.BE_MEMORY in overrides.backend_params:
+            backend.pop(constants.BE_MAXMEM, None)
+            backend.pop(constants.BE_MINMEM, None)
+        backend.update(overrides.backend_params)
+    backend = backend_params(backend)
+    vcpus = int(backend[constants.BE_VCPUS]) if constants.BE_VCPUS in backend else None
+    memory = int(backend[constants.BE_MAXMEM]) if constants.BE_MAXMEM in backend else None
+
+    chosen_tags = tags(overrides.tags if overrides.tags is not None else package.tags)
+
+    disks = _plan_disks(system, overrides, template)
+    nics = _plan_nics(system, overrides)
+
+    if dropped:
+        warnings.append("parameters from the package not applied (they name host"
+                        " paths or pass host arguments; --keep-host-params applies"
+                        " them): %s" % ", ".join("%s:%s" % pair for pair in dropped))
+    if chosen_os is None:
+        warnings.append("no OS given by the package or --os-type: the instance is"
+                        " imported without OS scripts (raw disk copy)")
+
+    settings = GanetiSettings(
+        version=package.version, disk_template=template, hypervisor=hv_name,
+        hypervisor_params=hv_params, os_name=chosen_os, os_params=os_params,
+        os_private_params=(), backend_params=tuple(sorted(backend.items())),
+        tags=chosen_tags)
+    planned = dataclasses.replace(system, name=name, vcpus=vcpus, memory_mib=memory,
+                                  disks=disks, nics=nics, ganeti=settings)
+    return Plan(system=planned, warnings=tuple(warnings), dropped_params=tuple(dropped))
+
+
+def _plan_disks(system: VirtualSystem, overrides: ImportOverrides,
+                template: Optional[str]) -> tuple:
+    if template == constants.DT_DISKLESS:
+        return ()  # the design: diskless ignores all disk information
+    if overrides.blank_disks:
+        indexes = sorted(overrides.blank_disks)
+        if indexes != list(range(len(indexes))):
+            raise _fail("--disk indexes must start at 0 and have no gaps")
+        return tuple(Disk(disk_id="disk%d" % index, capacity=overrides.blank_disks[index])
+                     for index in indexes)
+    for disk in system.disks:
+        if disk.capacity <= 0 and disk.file is None:
+            raise _fail("disk %s has no capacity and no file" % disk.disk_id)
+    if len(system.disks) > constants.MAX_DISKS:
+        raise _fail("the package has %d disks; Ganeti allows %d"
+                    % (len(system.disks), constants.MAX_DISKS))
+    return system.disks
+
+
+def _plan_nics(system: VirtualSystem, overrides: ImportOverrides) -> tuple:
+    if overrides.no_nics:
+        if overrides.nics:
+            raise _fail("--no-nics and --net cannot be used together")
+        return ()
+    nics = list(system.nics)
+    if overrides.nics:
+        top = max(overrides.nics) + 1
+        if top > constants.MAX_NICS:
+            raise _fail("--net index %d is over Ganeti's limit of %d NICs"
+                        % (top - 1, constants.MAX_NICS))
+        while len(nics) < top:
+            nics.append(Nic())
+    planned = []
+    for index, nic in enumerate(nics):
+        if index in overrides.nics:
+            nic = nic_settings(index, overrides.nics[index], nic)
+        else:
+            nic = dataclasses.replace(nic, mac=mac_address(nic.mac, "NIC %d MAC" % index))
+        planned.append(nic)
+    if len(planned) > constants.MAX_NICS:
+        raise _fail("the package has %d NICs; Ganeti allows %d"
+                    % (len(planned), constants.MAX_NICS))
+    return tuple(planned)

@@ -1,0 +1,226 @@
+"""Publishing: private staging on the destination filesystem, atomic rename.
+
+Every result (an import's export directory, an export's OVF folder or OVA) is
+built under a hidden staging directory (".gnt-ovf-staging-*", mode 0700) inside
+the output directory, so the final rename never crosses filesystems and Ganeti
+(`gnt-backup list` hides dot names) never sees a half-written export.  The
+staging directory is flock()ed while in use: a later run removes those whose
+lock is free (left by a killed run).  The rename refuses to replace anything
+(renameat2 RENAME_NOREPLACE), and a per-name lock serialises concurrent runs.
+"""
+
+import ctypes
+import errno
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ganeti_ovf.errors import PublishError
+
+STAGING_PREFIX = ".gnt-ovf-staging-"
+LOCK_PREFIX = ".gnt-ovf-lock-"
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+
+
+def rename_noreplace(source: str, target: str) -> None:
+    """Rename `source` to `target`, failing if `target` exists."""
+    if _renameat2 is not None:
+        result = _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD,
+                            os.fsencode(target), _RENAME_NOREPLACE)
+        if result == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):
+            raise PublishError("%s: cannot put in place: %s"
+                               % (target, os.strerror(err)))
+    # Filesystems without RENAME_NOREPLACE: the caller holds the name lock,
+    # so checking first is race-free among gnt-ovf runs.
+    if os.path.lexists(target):
+        raise PublishError("%s: cannot put in place: %s"
+                           % (target, os.strerror(errno.EEXIST)))
+    os.rename(source, target)
+
+
+def clean_stale_staging(output_dir: str) -> list[str]:
+    """Remove staging directories of runs that died; return their names."""
+    removed = []
+    try:
+        names = os.listdir(output_dir)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        path = os.path.join(output_dir, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a live run holds it
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(name)
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextmanager
+def name_lock(output_dir: str, name: str) -> Iterator[None]:
+    """Hold the lock for publishing `name` in `output_dir`."""
+    path = os.path.join(output_dir, LOCK_PREFIX + name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise PublishError("%s: cannot create lock: %s" % (path, err.strerror))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise PublishError("%s: another gnt-ovf run is writing %s in %s"
+                               % (path, name, output_dir))
+        yield
+    finally:
+        os.close(fd)
+
+
+class Staging:
+    """A private staging directory that becomes `name` in `output_dir`.
+
+    Use as a context manager: anything not published is removed on exit, on
+    success or failure alike.
+    """
+
+    def __init__(self, output_dir: str, name: str) -> None:
+        self.output_dir = output_dir
+        self.name = name
+        self.target = os.path.join(output_dir, name)
+        self.path = ""
+        self._fd = -1
+        self._published = False
+
+    def __enter__(self) -> "Staging":
+        old_umask = os.umask(0o077)
+        try:
+            os.makedirs(self.output_dir, mode=0o755, exist_ok=True)
+            self.path = tempfile.mkdtemp(prefix=STAGING_PREFIX + _safe(self.name) + ".",
+                                         dir=self.output_dir)
+        except OSError as err:
+            raise PublishError("%s: cannot create staging directory: %s"
+                               % (self.output_dir, err.strerror))
+        finally:
+            os.umask(old_umask)
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return self
+
+    def file(self, name: str) -> str:
+        """The path of `name` inside the staging directory."""
+        return os.path.join(self.path, name)
+
+    def scratch(self) -> str:
+        """A private directory for intermediate files, never published."""
+        path = os.path.join(self.path, ".scratch")
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
+
+    def publish_directory(self, replace: bool = False) -> str:
+        """Publish the staging directory itself as `target`."""
+        shutil.rmtree(os.path.join(self.path, ".scratch"), ignore_errors=True)
+        self._fsync_tree(self.path)
+        os.chmod(self.path, 0o755)
+        old = self._move_aside(replace)
+        rename_noreplace(self.path, self.target)
+        self._published = True
+        _remove(old)
+        _fsync_dir(self.output_dir)
+        return self.target
+
+    def publish_file(self, name: str, replace: bool = False) -> str:
+        """Publish one file of the staging directory as `target`."""
+        source = self.file(name)
+        with open(source, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(source, 0o644)
+        old = self._move_aside(replace)
+        rename_noreplace(source, self.target)
+        _remove(old)
+        _fsync_dir(self.output_dir)
+        return self.target
+
+    def _move_aside(self, replace: bool) -> str:
+        if not os.path.lexists(self.target):
+            return ""
+        if not replace:
+            raise PublishError("%s already exists (use --force to replace it)" % self.target)
+        # The old result is renamed to a staging name, so a crash between the
+        # two renames leaves it where the next run cleans up.
+        aside = tempfile.mktemp(prefix=STAGING_PREFIX + "replaced.", dir=self.output_dir)
+        os.rename(self.target, aside)
+        return aside
+
+    @staticmethod
+    def _fsync_tree(path: str) -> None:
+        for root, _dirs, files in os.walk(path):
+            for name in files:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            _fsync_dir(root)
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            if not self._published:
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+@contextmanager
+def scratch_dir() -> Iterator[str]:
+    """A private temporary directory (mode 0700), removed afterwards."""
+    old_umask = os.umask(0o077)
+    try:
+        path = tempfile.mkdtemp(prefix="gnt-ovf-", dir="/var/tmp")
+    finally:
+        os.umask(old_umask)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: str) -> None:
+    if not path:
+        return
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:64]
