@@ -14,6 +14,9 @@ def main() -> int:
                          % ", ".join(ganeti_ovf.GANETI_LIBRARY_DIRS))
         return 1
     from ganeti_ovf.cli import Main
+
+    # Ganeti's usage and log lines name the program by argv[0].
+    sys.argv[0] = "gnt-ovf"
     return Main()
 
 

@@ -13,9 +13,9 @@ import optparse
 import sys
 
 from ganeti import cli, constants, errors, pathutils, utils
-from ganeti.cli import ArgFile, ToStderr, ToStdout, cli_option
+from ganeti.cli import ArgFile, ArgUnknown, ToStderr, ToStdout, cli_option
 
-from ganeti_ovf import describe, importer, publish
+from ganeti_ovf import describe, exporter, importer, publish
 from ganeti_ovf.errors import OptionError, OvfError
 from ganeti_ovf.package import Package
 from ganeti_ovf.plan import ImportOverrides
@@ -55,6 +55,38 @@ VERIFY_OPT = cli_option("--verify", dest="verify", default=False, action="store_
 REPLACE_OPT = cli_option("-f", "--force", dest="force", action="store_true",
                          default=False, help="Replace an existing output")
 
+FORMAT_OPT = cli_option("--format", dest="disk_format", default="vmdk",
+                        metavar="raw|qcow2|vmdk",
+                        help="Disk format of the package (default: vmdk, the"
+                        " streamOptimized variant VMware requires; cow means qcow2)")
+COMPRESS_OPT = cli_option("--compress", dest="compress", default=False,
+                          action="store_true",
+                          help="Gzip each disk file (ovf:compression=gzip)")
+OVA_OPT = cli_option("--ova", dest="ova", default=False, action="store_true",
+                     help="Write one OVA archive instead of an OVF folder")
+EXTERNAL_OPT = cli_option("--external", dest="external", default=False,
+                          action="store_true",
+                          help="Leave out the Ganeti section (for other hypervisors)")
+MANIFEST_OPT = cli_option("--manifest", dest="manifest", default="sha256",
+                          choices=["sha1", "sha256", "sha512", "none"],
+                          metavar="sha1|sha256|sha512|none",
+                          help="Manifest digest (default: sha256; vCenter 6.5+"
+                          " refuses sha1, very old clients refuse sha256)")
+OVF_VERSION_OPT = cli_option("--ovf-version", dest="ovf_version", default="1.0",
+                             choices=["1.0", "2.0"], metavar="1.0|2.0",
+                             help="OVF version of the descriptor (default: 1.0)")
+HARDWARE_FAMILY_OPT = cli_option("--hardware-family", dest="hardware_family",
+                                 default="vmx-10", metavar="<type>",
+                                 help="VirtualSystemType of the package"
+                                 " (default: vmx-10)")
+NIC_MODEL_OPT = cli_option("--nic-model", dest="nic_model", default="E1000",
+                           metavar="<model>",
+                           help="Network adapter model (default: E1000)")
+CHUNK_SIZE_OPT = cli_option("--chunk-size", dest="chunk_size", default=None,
+                            type="unit", metavar="<size>",
+                            help="Split disk files into chunks of this size"
+                            " (OVF folders only; e.g. 2G)")
+
 import_opts = [
     NAME_OPT, OUTPUT_DIR_OPT, cli.BACKEND_OPT, cli.HYPERVISOR_OPT, cli.OS_OPT,
     cli.OSPARAMS_OPT, cli.DISK_TEMPLATE_OPT, cli.DISK_OPT, cli.NET_OPT,
@@ -62,6 +94,11 @@ import_opts = [
     REQUIRE_MANIFEST_OPT, KEEP_HOST_PARAMS_OPT, cli.VERBOSE_OPT,
 ]
 info_opts = [OUTPUT_FORMAT_OPT, PROFILE_OPT, VERIFY_OPT]
+export_opts = [
+    FORMAT_OPT, COMPRESS_OPT, OVA_OPT, EXTERNAL_OPT, MANIFEST_OPT, OVF_VERSION_OPT,
+    OUTPUT_DIR_OPT, NAME_OPT, REPLACE_OPT, HARDWARE_FAMILY_OPT, NIC_MODEL_OPT,
+    CHUNK_SIZE_OPT, cli.VERBOSE_OPT,
+]
 
 
 # ------------------------------------------------------------------ helpers
@@ -208,11 +245,42 @@ def ShowPackageInfo(opts, args):
     return 0
 
 
+@_library_errors
+def ExportPackage(opts, args):
+    """Convert a Ganeti export into an OVF package or an OVA.
+
+    @param opts: the command line options selected by the user
+    @type args: list
+    @param args: the export's config.ini, its directory, or an instance name
+    @rtype: int
+    @return: the desired exit code
+
+    """
+    feedback = _feedback(opts)
+    request = exporter.ExportRequest(
+        source=args[0], output_dir=opts.output_dir or ".",
+        export_dir=pathutils.EXPORT_DIR,
+        disk_format=exporter.normalise_format(opts.disk_format, feedback),
+        name=opts.name, compress=opts.compress, ova=opts.ova, external=opts.external,
+        manifest_algorithm=None if opts.manifest == "none" else opts.manifest,
+        ovf_version=opts.ovf_version, hardware_family=opts.hardware_family,
+        nic_model=opts.nic_model,
+        chunk_size=opts.chunk_size * 1024 * 1024 if opts.chunk_size else None,
+        force=opts.force)
+    result = exporter.export_package(request, feedback)
+    ToStdout("Package written to %s", result.path)
+    return 0
+
+
 commands = {
     "import": (
         ImportPackage, [ArgFile(min=1, max=1)], import_opts,
         "[options...] <package.ovf|package.ova>",
         "Converts an OVF/OVA package into a Ganeti export"),
+    "export": (
+        ExportPackage, [ArgUnknown(min=1, max=1)], export_opts,
+        "[options...] <config.ini|export directory|instance name>",
+        "Converts a Ganeti export into an OVF package or OVA"),
     "info": (
         ShowPackageInfo, [ArgFile(min=1, max=1)], info_opts,
         "[--output=json] <package.ovf|package.ova>",

@@ -8,6 +8,7 @@ is parsed when present, and digests are checked only when asked (--verify).
 import json
 from typing import Any, Optional
 
+from ganeti_ovf import importer
 from ganeti_ovf import plan as plan_rules
 from ganeti_ovf.errors import OvfError
 from ganeti_ovf.model import Appliance, VirtualSystem
@@ -97,14 +98,11 @@ def _manifest(package: Package, appliance: Appliance, verify: bool) -> Optional[
     }
     if verify:
         try:
-            names = [package.descriptor_name]
+            members = [package.member(package.descriptor_name)]
             for system in appliance.systems:
                 for disk in system.disks:
-                    if disk.file:
-                        names.append(disk.file.href)
-            manifest.require(names)
-            for name in names:
-                manifest.verify(package.member(name))
+                    members.extend(importer.disk_members(package, disk))
+            importer.verify_members(manifest, members)
             result["verified"] = True
         except OvfError as err:
             result["verified"] = False

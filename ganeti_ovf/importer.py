@@ -8,14 +8,16 @@ stages; each stage lives in its own module.
 
 import logging
 import os
-import socket
 from dataclasses import dataclass
 from typing import Callable, Optional
+
+from ganeti import netutils
 
 from ganeti_ovf import disks, ganeti_export, publish
 from ganeti_ovf.descriptor.reader import parse_descriptor
 from ganeti_ovf.errors import ManifestError, PackageError
 from ganeti_ovf.ganeti_export import ExportedDisk, size_to_mib
+from ganeti_ovf.manifest import Manifest, verify_member
 from ganeti_ovf.model import Appliance, Disk, VirtualSystem
 from ganeti_ovf.package import Package
 from ganeti_ovf.plan import ImportOverrides, Plan, make_plan
@@ -70,10 +72,14 @@ def check_manifest(package: Package, referenced: list, require: bool,
                                 " --require-manifest)" % package.descriptor_name)
         feedback("WARNING: the package has no manifest: its files are not verified")
         return
-    names = [package.descriptor_name] + [member.name for member in referenced]
-    manifest.require(names)
-    for member in [package.member(package.descriptor_name)] + referenced:
-        manifest.verify(member)
+    verify_members(manifest, [package.member(package.descriptor_name)] + referenced)
+
+
+def verify_members(manifest: Manifest, members: list) -> None:
+    """Every member must be listed in the manifest with its digest."""
+    manifest.require([member.name for member in members])
+    for member in members:
+        verify_member(manifest.entry(member.name), member)
 
 
 def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
@@ -108,7 +114,7 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
                                    % staging.target)
             exported = _convert_disks(plan.system, members, staging, feedback)
             config = ganeti_export.build_config(plan.system, exported,
-                                                source=socket.getfqdn())
+                                                source=netutils.Hostname.GetSysName())
             with open(staging.file(ganeti_export.CONFIG_NAME), "w") as handle:
                 handle.write(config)
             directory = staging.publish_directory(replace=request.force)

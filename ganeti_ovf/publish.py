@@ -91,6 +91,9 @@ def name_lock(output_dir: str, name: str) -> Iterator[None]:
             raise PublishError("%s: another gnt-ovf run is writing %s in %s"
                                % (path, name, output_dir))
         yield
+        # Tidy up; a racing run that opened the old file still cannot
+        # overwrite anything, since publishing never replaces silently.
+        os.unlink(path)
     finally:
         os.close(fd)
 
