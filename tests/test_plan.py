@@ -1,0 +1,105 @@
+"""The instance plan: overrides merged, Ganeti's validators applied."""
+
+import pytest
+
+from ganeti_ovf import plan
+from ganeti_ovf.errors import OptionError
+from ganeti_ovf.model import Disk, FileRef, GanetiSettings, Nic, VirtualSystem
+from ganeti_ovf.plan import ImportOverrides, make_plan
+
+SYSTEM = VirtualSystem(
+    system_id="vm", name="appliance", vcpus=2, memory_mib=2048,
+    disks=(Disk("d0", 10 * 2**20, FileRef("f0", "a.vmdk")),),
+    nics=(Nic(network="NAT", mac="08:00:27:2A:FB:4E"),),
+    ganeti=GanetiSettings(hypervisor="kvm", os_name="debootstrap",
+                          hypervisor_params=(("kernel_path", "/boot/x"), ("acpi", "True"),
+                                             ("kvm_extra", "-drive file=/etc/shadow"),
+                                             ("root_path", "/dev/vda1")),
+                          os_params=(("script_file", "/etc/x"), ("dhcp", "yes")),
+                          tags=("t1",)))
+
+
+def test_design_document_example():
+    overrides = ImportOverrides(
+        disk_template="diskless", os_name="lenny-image", hypervisor="xen-pvm",
+        backend_params={"vcpus": "1", "memory": "512", "auto_balance": True},
+        nics={0: {"mode": "bridged", "link": "xen-br0"}}, name="xen.i1")
+    result = make_plan(SYSTEM, overrides).system
+    assert result.name == "xen.i1"
+    assert result.disks == ()
+    assert result.ganeti.disk_template == "diskless"
+    assert result.ganeti.os_name == "lenny-image"
+    assert result.ganeti.hypervisor == "xen-pvm"
+    assert result.ganeti.hypervisor_params == ()  # the package's were for kvm
+    backend = dict(result.ganeti.backend_params)
+    assert backend == {"vcpus": "1", "maxmem": "512", "minmem": "512",
+                       "auto_balance": "True"}
+    assert (result.nics[0].mode, result.nics[0].link) == ("bridged", "xen-br0")
+    assert result.nics[0].mac == "08:00:27:2a:fb:4e"
+
+
+def test_host_parameters_dropped_unless_kept():
+    result = make_plan(SYSTEM, ImportOverrides())
+    params = dict(result.system.ganeti.hypervisor_params)
+    assert params == {"acpi": "True", "root_path": "/dev/vda1"}
+    assert dict(result.system.ganeti.os_params) == {"dhcp": "yes"}
+    assert ("hypervisor", "kvm_extra") in result.dropped_params
+    assert any("kernel_path" in w for w in result.warnings)
+    kept = make_plan(SYSTEM, ImportOverrides(keep_host_params=True))
+    assert dict(kept.system.ganeti.hypervisor_params)["kernel_path"] == "/boot/x"
+
+
+def test_blank_disks_replace_package_disks():
+    result = make_plan(SYSTEM, ImportOverrides(blank_disks={0: 2**30, 1: 2**20}))
+    assert [d.capacity for d in result.system.disks] == [2**30, 2**20]
+    assert all(d.blank for d in result.system.disks)
+    with pytest.raises(OptionError, match="no gaps"):
+        make_plan(SYSTEM, ImportOverrides(blank_disks={1: 2**20}))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (ImportOverrides(name="bad name!"), "instance name"),
+    (ImportOverrides(disk_template="floppy"), "disk template"),
+    (ImportOverrides(hypervisor="vmware"), "hypervisor"),
+    (ImportOverrides(os_name="../etc"), "OS name"),
+    (ImportOverrides(backend_params={"vcpus": "many"}), "backend"),
+    (ImportOverrides(backend_params={"cpu_cap": "1"}), "unknown backend parameter"),
+    (ImportOverrides(nics={0: {"mac": "zz:zz"}}), "--net 0"),
+    (ImportOverrides(nics={0: {"mode": "nat"}}), "mode"),
+    (ImportOverrides(nics={0: {"ip": "300.1.1.1"}}), "IP"),
+    (ImportOverrides(nics={0: {"colour": "red"}}), "unknown option"),
+    (ImportOverrides(nics={0: {"network": "n", "link": "br0"}}), "network"),
+    (ImportOverrides(no_nics=True, nics={0: {}}), "--no-nics"),
+    (ImportOverrides(tags=("ok", "b@d tag\n")), "tag"),
+])
+def test_bad_overrides_are_refused(overrides, message):
+    with pytest.raises(OptionError, match=message):
+        make_plan(SYSTEM, overrides)
+
+
+def test_package_values_checked_too():
+    bad_mac = VirtualSystem(system_id="x", name="x", nics=(Nic(mac="01:02"),))
+    with pytest.raises(OptionError, match="MAC"):
+        make_plan(bad_mac, ImportOverrides())
+    with pytest.raises(OptionError, match="--name"):
+        make_plan(VirtualSystem(system_id="", name=None), ImportOverrides())
+
+
+def test_nic_overrides_extend_and_no_nics():
+    result = make_plan(SYSTEM, ImportOverrides(nics={2: {"mode": "routed", "ip": "192.0.2.9"}}))
+    assert len(result.system.nics) == 3
+    assert result.system.nics[2].ip == "192.0.2.9"
+    assert make_plan(SYSTEM, ImportOverrides(no_nics=True)).system.nics == ()
+
+
+def test_memory_and_vcpus_from_hardware():
+    result = make_plan(SYSTEM, ImportOverrides()).system
+    assert (result.vcpus, result.memory_mib) == (2, 2048)
+    assert dict(result.ganeti.backend_params)["minmem"] == "2048"
+
+
+def test_is_host_param():
+    assert plan.is_host_param("initrd_path")
+    assert plan.is_host_param("kvm-extra")
+    assert not plan.is_host_param("root-path")
+    assert not plan.is_host_param("acpi")

@@ -1,0 +1,74 @@
+"""Staging, locking and no-replace publishing."""
+
+import os
+
+import pytest
+
+from ganeti_ovf import publish
+from ganeti_ovf.errors import PublishError
+
+
+def test_directory_published_atomically(tmp_path):
+    with publish.Staging(str(tmp_path), "inst") as staging:
+        assert os.path.basename(staging.path).startswith(publish.STAGING_PREFIX)
+        assert os.stat(staging.path).st_mode & 0o777 == 0o700
+        with open(staging.file("config.ini"), "w") as handle:
+            handle.write("x")
+        staging.scratch()
+        assert not (tmp_path / "inst").exists()
+        staging.publish_directory()
+    assert sorted(os.listdir(tmp_path)) == ["inst"]
+    assert os.listdir(tmp_path / "inst") == ["config.ini"]
+
+
+def test_failure_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with publish.Staging(str(tmp_path), "inst") as staging:
+            open(staging.file("half"), "w").close()
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_target_kept_unless_replaced(tmp_path):
+    (tmp_path / "inst").mkdir()
+    (tmp_path / "inst" / "old").write_text("precious")
+    with publish.Staging(str(tmp_path), "inst") as staging:
+        with pytest.raises(PublishError, match="already exists"):
+            staging.publish_directory()
+    assert (tmp_path / "inst" / "old").read_text() == "precious"
+    with publish.Staging(str(tmp_path), "inst") as staging:
+        open(staging.file("new"), "w").close()
+        staging.publish_directory(replace=True)
+    assert os.listdir(tmp_path / "inst") == ["new"]
+    assert sorted(os.listdir(tmp_path)) == ["inst"]
+
+
+def test_rename_noreplace(tmp_path):
+    (tmp_path / "a").write_text("a")
+    (tmp_path / "b").write_text("b")
+    with pytest.raises(PublishError, match="exists"):
+        publish.rename_noreplace(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert (tmp_path / "b").read_text() == "b"
+    publish.rename_noreplace(str(tmp_path / "a"), str(tmp_path / "c"))
+    assert (tmp_path / "c").read_text() == "a"
+
+
+def test_stale_staging_cleaned_live_one_kept(tmp_path):
+    stale = tmp_path / (publish.STAGING_PREFIX + "dead")
+    stale.mkdir()
+    (stale / "disk0.raw").write_text("partial")
+    with publish.Staging(str(tmp_path), "live") as staging:
+        removed = publish.clean_stale_staging(str(tmp_path))
+        assert removed == [stale.name]
+        assert os.path.isdir(staging.path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_name_lock_is_exclusive(tmp_path):
+    with publish.name_lock(str(tmp_path), "inst"):
+        with pytest.raises(PublishError, match="another gnt-ovf run"):
+            with publish.name_lock(str(tmp_path), "inst"):
+                pass
+    with publish.name_lock(str(tmp_path), "inst"):
+        pass
+    assert os.listdir(tmp_path) == []
