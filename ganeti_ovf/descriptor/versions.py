@@ -78,3 +78,15 @@ FORMAT_URIS: Dict[str, Tuple[str, ...]] = {
     "vpc": ("http://technet.microsoft.com/en-us/virtualserver/bb676673.aspx",),
     "vdi": ("http://www.virtualbox.org/manual/ch05.html#vdi",),
 }
+
+
+# Element spellings the reader must accept across versions (it matches local
+# names, so only the names differ, never the namespaces).
+# 0.9 wraps sections and systems in these, naming the real element in xsi:type
+# with this suffix: <Section xsi:type="ovf:DiskSection_Type">.
+TYPED_WRAPPERS = ("Section", "Content")
+TYPED_SUFFIX = "_Type"
+# 0.9's CIM schemas spell InstanceId; 1.x and 2.x InstanceID.
+INSTANCE_ID_NAMES = ("InstanceID", "InstanceId")
+# 2.x adds StorageItem (sasd:) and EthernetPortItem (epasd:) beside Item.
+ITEM_ELEMENTS = ("Item", "StorageItem", "EthernetPortItem")

@@ -1,0 +1,322 @@
+"""The OVF descriptor reader: XML bytes in, a frozen model.Appliance out.
+
+Pure: no files, no subprocesses.  The envelope namespace decides the OVF
+version (0.9, 1.x, 2.x; anything else is refused); after that elements are
+matched by local name.  Envelope-level sections (References, DiskSection,
+DeploymentOptionSection) are read once; each VirtualSystem, nested in
+collections or not, becomes a model.VirtualSystem.
+
+Choices the OVF specification leaves open, made here:
+- Several VirtualHardwareSections are alternatives (one per hypervisor
+  family), so the first one that has items is read and the others ignored.
+- Only DiskSection disks that an item of the chosen profile references become
+  disks; a disk no item references at all is reported in a warning.
+- File hrefs must be bare file names (percent-decoded): no URL, no directory
+  part, no '..'.  Every corpus package, including virt-v2v's "subfolders"
+  one (whose descriptor itself sits in a sub-folder), names its files so.
+- A disk without ovf:capacity (Ganeti's old converter wrote none) gets
+  capacity 0, meaning "the image's virtual size", with a warning; a blank
+  disk must state its capacity.
+"""
+
+import dataclasses
+import re
+import urllib.parse
+from typing import Dict, List, Optional
+
+from lxml import etree
+
+from ganeti_ovf import model
+from ganeti_ovf.descriptor import hardware, units, versions
+from ganeti_ovf.descriptor.ganeti_section import (
+    SECTION,
+    GanetiData,
+    apply_to_nics,
+    read_ganeti_section,
+)
+from ganeti_ovf.descriptor.xmlsafe import parse_xml
+from ganeti_ovf.descriptor.xmltree import Doc, child, children, descendants, kind, namespace
+from ganeti_ovf.errors import DescriptorError
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_PROPERTY_REF = re.compile(r"\$\{(.+)\}")
+_COMPRESSIONS = (model.COMPRESSION_NONE, model.COMPRESSION_GZIP)
+MAX_OS_ID = 1 << 16
+
+
+def parse_descriptor(data: bytes, profile: Optional[str] = None,
+                     source: str = "descriptor") -> model.Appliance:
+    """Read an OVF descriptor for deployment profile `profile` (None: default).
+
+    Raises DescriptorError, naming `source` and the line or field, for unsafe
+    or invalid XML, an unknown OVF version, dangling references, refused
+    values, or a `profile` the package does not define.
+    """
+    root = parse_xml(data, source)
+    envelope_ns = namespace(root)
+    version = versions.version_for_namespace(envelope_ns)
+    if kind(root) != "Envelope" or version is None:
+        known = ", ".join(ns for v in versions.VERSIONS for ns in v.envelope_namespaces)
+        raise DescriptorError("%s: root element %s is not an OVF Envelope (known namespaces:"
+                              " %s)" % (source, root.tag, known))
+    doc = Doc(source, envelope_ns)
+    profiles = _read_profiles(doc, root)
+    chosen = _choose_profile(doc, profiles, profile)
+    files = _read_references(doc, root)
+    disks = _read_disk_section(doc, root, files, _read_properties(doc, root))
+    system_elements = list(descendants(root, "VirtualSystem"))
+    if not system_elements:
+        raise DescriptorError("%s: the descriptor has no VirtualSystem" % source)
+    sections = _ganeti_sections(doc, root)
+    systems = []
+    for index, element in enumerate(system_elements):
+        systems.append(_read_system(doc, element, index, chosen, disks, files,
+                                    sections.get(element, sections.get(None))))
+    ids = [system.system_id for system in systems]
+    for system_id in ids:
+        if ids.count(system_id) > 1:
+            raise DescriptorError("%s: two virtual systems have the id %r" % (source, system_id))
+    referenced = hardware.referenced_disk_ids(doc, root)
+    for disk_id in disks:
+        if disk_id not in referenced:
+            doc.warn(None, "DiskSection disk %s is used by no hardware item; not imported"
+                     % disk_id)
+    return model.Appliance(ovf_version=version.name, systems=tuple(systems),
+                           files=tuple(files.values()), profiles=tuple(profiles),
+                           profile=chosen, warnings=tuple(doc.warnings))
+
+
+def _read_profiles(doc: Doc, root: etree._Element) -> List[model.Profile]:
+    entries = []
+    for section in children(root, "DeploymentOptionSection"):
+        for element in children(section, "Configuration"):
+            profile_id = doc.attr_value(element, "id")
+            if profile_id is None:
+                raise doc.error(element, "Configuration without ovf:id")
+            if any(profile_id == other[0] for other in entries):
+                raise doc.error(element, "profile %r is defined twice" % profile_id)
+            entries.append((profile_id, doc.child_value(element, "Label", collapse=True),
+                            (doc.attr(element, "default") or "").lower() == "true"))
+    default = next((entry[0] for entry in entries if entry[2]),
+                   entries[0][0] if entries else None)
+    return [model.Profile(profile_id=pid, label=label, default=pid == default)
+            for pid, label, _ in entries]
+
+
+def _choose_profile(doc: Doc, profiles: List[model.Profile],
+                    wanted: Optional[str]) -> Optional[str]:
+    if wanted is None:
+        return next((p.profile_id for p in profiles if p.default), None)
+    if any(p.profile_id == wanted for p in profiles):
+        return wanted
+    listed = ", ".join(p.profile_id for p in profiles) or "none"
+    raise DescriptorError("%s: unknown profile %r (the package has: %s)"
+                          % (doc.source, wanted, listed))
+
+
+def _read_properties(doc: Doc, root: etree._Element) -> Dict[str, str]:
+    """ProductSection property defaults, for ${key} capacities."""
+    properties: Dict[str, str] = {}
+    for section in descendants(root, "ProductSection"):
+        for element in children(section, "Property"):
+            key = doc.attr(element, "key")
+            if key:
+                properties.setdefault(key, doc.attr(element, "value") or "")
+    return properties
+
+
+def _read_references(doc: Doc, root: etree._Element) -> Dict[str, model.FileRef]:
+    files: Dict[str, model.FileRef] = {}
+    for section in children(root, "References"):
+        for element in children(section, "File"):
+            file_id = doc.attr_value(element, "id")
+            if file_id is None:
+                raise doc.error(element, "File without ovf:id")
+            if file_id in files:
+                raise doc.error(element, "File id %r is used twice" % file_id)
+            label = "File %s" % file_id
+            compression = doc.attr_value(element, "compression") or model.COMPRESSION_NONE
+            if compression not in _COMPRESSIONS:
+                raise doc.error(element, "%s: unsupported ovf:compression %r"
+                                % (label, compression))
+            files[file_id] = model.FileRef(
+                file_id=file_id, href=_check_href(doc, element, label),
+                size=_optional_uint(doc, element, "size", label, units.MAX_CAPACITY),
+                compression=compression,
+                chunk_size=_optional_uint(doc, element, "chunkSize", label,
+                                          units.MAX_CAPACITY, minimum=1))
+    return files
+
+
+def _check_href(doc: Doc, element: etree._Element, label: str) -> str:
+    """The percent-decoded href, which must be a bare file name."""
+    raw = doc.attr(element, "href")
+    if raw is None or raw == "":
+        raise doc.error(element, "%s has no ovf:href" % label)
+    field = "%s ovf:href" % label
+    doc.check(element, field, raw)
+    try:
+        href = urllib.parse.unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise doc.error(element, "%s: %r is not valid percent-encoded UTF-8" % (field, raw))
+    doc.check(element, field, href)
+    if _SCHEME.match(raw) or _SCHEME.match(href):
+        raise doc.error(element, "%s: URLs are refused (%r); the package must hold the file"
+                        % (field, raw))
+    if "/" in href or "\\" in href or ".." in href or href != href.strip():
+        raise doc.error(element, "%s: %r is not a bare file name" % (field, raw))
+    return href
+
+
+def _optional_uint(doc: Doc, element: etree._Element, name: str, label: str,
+                   maximum: int, minimum: int = 0) -> Optional[int]:
+    raw = doc.attr(element, name)
+    if raw is None:
+        return None
+    return units.parse_uint(raw, "%s: %s ovf:%s" % (doc.where(element), label, name),
+                            maximum=maximum, minimum=minimum)
+
+
+def _read_disk_section(doc: Doc, root: etree._Element, files: Dict[str, model.FileRef],
+                       properties: Dict[str, str]) -> Dict[str, model.Disk]:
+    disks: Dict[str, model.Disk] = {}
+    for section in children(root, "DiskSection"):
+        for element in children(section, "Disk"):
+            disk_id = doc.attr_value(element, "diskId")
+            if disk_id is None:
+                raise doc.error(element, "Disk without ovf:diskId")
+            if disk_id in disks:
+                raise doc.error(element, "Disk id %r is used twice" % disk_id)
+            label = "Disk %s" % disk_id
+            file_ref = doc.attr_value(element, "fileRef")
+            if file_ref is not None and file_ref not in files:
+                raise doc.error(element, "%s: ovf:fileRef %r names no References/File"
+                                % (label, file_ref))
+            disks[disk_id] = model.Disk(
+                disk_id=disk_id,
+                capacity=_capacity(doc, element, label, file_ref is None, properties),
+                file=files[file_ref] if file_ref is not None else None,
+                format_uri=doc.attr_value(element, "format"),
+                populated_size=_optional_uint(doc, element, "populatedSize", label,
+                                              units.MAX_CAPACITY))
+    return disks
+
+
+def _capacity(doc: Doc, element: etree._Element, label: str, blank: bool,
+              properties: Dict[str, str]) -> int:
+    field = "%s: %s ovf:capacity" % (doc.where(element), label)
+    raw = doc.attr(element, "capacity")
+    if raw is None:
+        if blank:
+            raise doc.error(element, "%s: a blank disk needs ovf:capacity" % label)
+        doc.warn(element, "%s has no ovf:capacity; the image's virtual size is used" % label)
+        return 0
+    reference = _PROPERTY_REF.fullmatch(raw)
+    if reference:
+        key = reference.group(1)
+        if key not in properties:
+            raise DescriptorError("%s: %r names no ProductSection property" % (field, raw))
+        raw = properties[key]
+        field += " (property %s)" % key
+    count = units.parse_uint(raw, field, maximum=units.MAX_CAPACITY)
+    unit_text = doc.attr(element, "capacityAllocationUnits")
+    multiplier = 1 if unit_text is None else units.parse_allocation_units(
+        unit_text, "%s: %s ovf:capacityAllocationUnits" % (doc.where(element), label))
+    capacity = count * multiplier
+    if capacity > units.MAX_CAPACITY:
+        raise DescriptorError("%s: %d bytes is more than the limit of %d"
+                              % (field, capacity, units.MAX_CAPACITY))
+    return capacity
+
+
+def _ganeti_sections(doc: Doc, root: etree._Element) -> Dict[Optional[etree._Element],
+                                                             GanetiData]:
+    """Ganeti sections by the VirtualSystem holding them (None: the envelope)."""
+    found: Dict[Optional[etree._Element], GanetiData] = {}
+    for section in root.iter("{%s}%s" % (versions.GANETI_NS, SECTION)):
+        owner = next((a for a in section.iterancestors() if kind(a) == "VirtualSystem"),
+                     None)
+        if owner in found:
+            doc.warn(section, "a second Ganeti section for the same scope is ignored")
+            continue
+        found[owner] = read_ganeti_section(doc, section)
+    return found
+
+
+def _read_system(doc: Doc, element: etree._Element, index: int, profile: Optional[str],
+                 disks: Dict[str, model.Disk], files: Dict[str, model.FileRef],
+                 ganeti: Optional[GanetiData]) -> model.VirtualSystem:
+    name = doc.child_value(element, "Name")
+    system_id = doc.attr_value(element, "id")
+    if system_id is None:
+        system_id = name or "system%d" % (index + 1)
+        doc.warn(element, "VirtualSystem without ovf:id; calling it %s" % system_id)
+    os_id = os_description = None
+    os_section = child(element, "OperatingSystemSection")
+    if os_section is not None:
+        raw_id = doc.attr(os_section, "id")
+        if raw_id is not None:
+            os_id = units.parse_uint(raw_id, "%s: OperatingSystemSection ovf:id"
+                                     % doc.where(os_section), maximum=MAX_OS_ID)
+        os_description = doc.child_value(os_section, "Description", collapse=True)
+    section = _hardware_section(doc, element)
+    family = None
+    if section is not None:
+        system_settings = child(section, "System")
+        if system_settings is not None:
+            family = doc.child_value(system_settings, "VirtualSystemType")
+    found = hardware.read_hardware(doc, section, profile, disks, files)
+    nics = _add_vbox_macs(doc, element, found.nics)
+    disk_list = found.disks
+    settings = None
+    if ganeti is not None:
+        settings = ganeti.settings
+        nics = apply_to_nics(doc, nics, ganeti.nics, element)
+        disk_list = _name_disks(doc, element, disk_list, ganeti)
+        if len(nics) > units.MAX_DEVICES:
+            raise doc.error(element, "%d NICs, more than the limit of %d"
+                            % (len(nics), units.MAX_DEVICES))
+    return model.VirtualSystem(
+        system_id=system_id, name=name or doc.attr_value(element, "id"),
+        os_id=os_id, os_description=os_description, vcpus=found.vcpus,
+        memory_mib=found.memory_mib, hardware_family=family, disks=tuple(disk_list),
+        nics=tuple(nics), ganeti=settings)
+
+
+def _hardware_section(doc: Doc, system: etree._Element) -> Optional[etree._Element]:
+    sections = children(system, "VirtualHardwareSection")
+    with_items = [s for s in sections if children(s, *versions.ITEM_ELEMENTS)]
+    if len(with_items) > 1:
+        doc.warn(with_items[1], "%d VirtualHardwareSections; only the first is read"
+                 % len(with_items))
+    if with_items:
+        return with_items[0]
+    return sections[0] if sections else None
+
+
+def _add_vbox_macs(doc: Doc, system: etree._Element,
+                   nics: List[model.Nic]) -> List[model.Nic]:
+    macs = hardware.vbox_macs(doc, system)
+    result = []
+    for index, nic in enumerate(nics):
+        if nic.mac is None and index < len(macs) and macs[index]:
+            nic = dataclasses.replace(nic, mac=macs[index])
+        result.append(nic)
+    return result
+
+
+def _name_disks(doc: Doc, system: etree._Element, disks: List[model.Disk],
+                ganeti: GanetiData) -> List[model.Disk]:
+    names: Dict[int, str] = {}
+    for position, (disk_id, name) in enumerate(ganeti.disk_names):
+        if disk_id is None:
+            index = position
+        else:
+            index = next((i for i, d in enumerate(disks) if d.disk_id == disk_id), -1)
+        if not 0 <= index < len(disks):
+            doc.warn(system, "Ganeti section names disk %s, which is not imported"
+                     % (disk_id or "#%d" % position))
+            continue
+        names[index] = name
+    return [dataclasses.replace(disk, name=names.get(i, disk.name))
+            for i, disk in enumerate(disks)]
