@@ -12,3 +12,5 @@ import ganeti_ovf  # noqa: E402,F401  (puts Ganeti's library on sys.path)
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 CORPUS = os.path.join(SHARED, "corpus")
 SCHEMAS = os.path.join(SHARED, "schemas")
+
+from cluster import ganeti_cluster  # noqa: E402,F401  (session fixture for end-to-end tests)
