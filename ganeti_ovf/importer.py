@@ -97,13 +97,14 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
         system = appliance.system(request.system)
         plan = make_plan(system, request.overrides)
         warnings.extend(plan.warnings)
-        for warning in warnings:
-            feedback("WARNING: %s" % warning)
 
+        # Integrity first: nothing is converted from a package that fails it.
         converted = [disk for disk in plan.system.disks if not disk.blank]
         members = {disk.disk_id: disk_members(package, disk) for disk in converted}
         check_manifest(package, [m for disk in converted for m in members[disk.disk_id]],
                        request.require_manifest, feedback)
+        for warning in warnings:
+            feedback("WARNING: %s" % warning)
 
         name = plan.system.name
         staging.name = name

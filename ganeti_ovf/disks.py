@@ -1,0 +1,218 @@
+"""The disks stage: from a package's disk file to a sparse raw disk, and back.
+
+This module owns the order of the steps and the files in between: a gzip or
+chunked file is first materialised (streamed, bounded) into a private staging
+file; then the image is inspected in Python (diskformats), opened by qemu-img
+info with the format found, cross-checked, and converted to raw.  Nothing is
+trusted to be raw without inspection saying so.  Programs run only in qemu.py.
+"""
+
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+
+from ganeti_ovf import diskformats, qemu
+from ganeti_ovf.errors import DiskError
+from ganeti_ovf.model import COMPRESSION_GZIP, COMPRESSION_NONE, Member
+
+BLOCK = 1024 ** 2  # read and write unit; an all-zero block becomes a hole
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib wants this to parse the gzip wrapper
+GZIP_MAGIC = b"\x1f\x8b"
+# Expansion allowed when materialising without a caller's limit: the image
+# file may exceed the guest size by its metadata, never by more.
+METADATA_SLACK = 64 * 1024 ** 2
+_ZERO = bytes(BLOCK)
+
+
+@dataclass(frozen=True)
+class ImportedDisk:
+    """A disk written to `path` as sparse raw."""
+
+    path: str
+    format: str  # what the package held (qemu-img driver name)
+    virtual_size: int  # the image's own guest size
+    size: int  # the raw file's size: at least the declared capacity
+    details: Dict[str, Any] = field(default_factory=dict)
+
+
+def _member_blocks(member: Member) -> Iterator[bytes]:
+    """The bytes of `member`, in blocks, read within its range only."""
+    fd = os.open(member.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        position, end = member.offset, member.offset + member.size
+        while position < end:
+            block = os.pread(fd, min(BLOCK, end - position), position)
+            if not block:
+                raise DiskError("%s: file %s ends %d bytes early"
+                                % (member.name, member.path, end - position))
+            position += len(block)
+            yield block
+    finally:
+        os.close(fd)
+
+
+class _SparseWriter:
+    """Writes blocks to a file, leaving holes where a block is all zeros."""
+
+    def __init__(self, fd: int, limit: int, name: str) -> None:
+        self.fd = fd
+        self.limit = limit
+        self.name = name
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        if self.size + len(data) > self.limit:
+            raise DiskError("%s: expands beyond the limit of %d bytes"
+                            % (self.name, self.limit))
+        for start in range(0, len(data), BLOCK):
+            piece = data[start:start + BLOCK]
+            if piece != (_ZERO if len(piece) == BLOCK else bytes(len(piece))):
+                os.pwrite(self.fd, piece, self.size)
+            self.size += len(piece)
+
+    def finish(self) -> None:
+        # Trailing holes are not written: give the file its full length.
+        os.ftruncate(self.fd, self.size)
+
+
+def _gunzip(blocks: Iterator[bytes], out: _SparseWriter, name: str) -> None:
+    """Stream-decompress gzip members from `blocks` into `out`.
+
+    Several gzip members one after another are one file (as gzip -d reads
+    them); anything else after the last member, or a member cut short, is
+    refused.  Output is produced BLOCK bytes at a time, so a bomb is stopped
+    by the writer's limit before it can fill the disk or memory.
+    """
+    decomp = zlib.decompressobj(GZIP_WBITS)
+    pending = b""  # bytes after a finished member, too few to judge yet
+    empty = True
+    for data in blocks:
+        empty = False
+        data, pending = pending + data, b""
+        while data:
+            if decomp.eof:
+                # The member ended: only another member may follow.
+                if len(data) < len(GZIP_MAGIC):
+                    pending = data
+                    break
+                if not data.startswith(GZIP_MAGIC):
+                    raise DiskError("%s: trailing data after the gzip stream" % name)
+                decomp = zlib.decompressobj(GZIP_WBITS)
+            out.write(decomp.decompress(data, BLOCK))
+            data = decomp.unused_data if decomp.eof else decomp.unconsumed_tail
+    if empty:
+        raise DiskError("%s: empty gzip file" % name)
+    if pending:
+        raise DiskError("%s: trailing data after the gzip stream" % name)
+    if not decomp.eof:
+        raise DiskError("%s: gzip stream is truncated" % name)
+
+
+def materialize(members: Sequence[Member], compression: str, staging_dir: str,
+                limit: int) -> Member:
+    """Join `members` in order (decompressing gzip) into a private staging file.
+
+    Returns a Member for the new file (mode 0600, in `staging_dir`).  Raises
+    DiskError for an unknown compression, a truncated or trailing-garbage
+    gzip, output beyond `limit` bytes, or a read or write failure; a partial
+    file is removed.
+    """
+    if not members:
+        raise DiskError("no file to materialise")
+    name = members[0].name
+    if compression not in (COMPRESSION_NONE, COMPRESSION_GZIP):
+        raise DiskError("%s: unsupported compression %r" % (name, compression))
+    try:
+        fd, path = tempfile.mkstemp(prefix=".disk-", suffix=".img", dir=staging_dir)
+    except OSError as err:
+        raise DiskError("%s: cannot create a staging file in %s: %s"
+                        % (name, staging_dir, err.strerror)) from None
+    try:
+        out = _SparseWriter(fd, limit, name)
+        blocks = (block for member in members for block in _member_blocks(member))
+        if compression == COMPRESSION_GZIP:
+            _gunzip(blocks, out, name)
+        else:
+            for block in blocks:
+                out.write(block)
+        out.finish()
+    except BaseException as err:
+        os.close(fd)
+        os.unlink(path)
+        if isinstance(err, OSError):
+            raise DiskError("%s: cannot materialise: %s" % (name, err)) from None
+        if isinstance(err, zlib.error):
+            raise DiskError("%s: corrupt gzip data: %s" % (name, err)) from None
+        raise
+    os.close(fd)
+    return Member(name=name, path=path, offset=0, size=out.size)
+
+
+def import_disk(members: Sequence[Member], compression: str, capacity: int, dest: str,
+                staging_dir: str, progress: Optional[Callable[[float], None]] = None,
+                limit: Optional[int] = None) -> ImportedDisk:
+    """Convert a package's disk file to a new sparse raw file `dest`.
+
+    `members` are the file's chunks in order (one for an unchunked file).  The
+    raw output is extended (sparsely) to `capacity` when the image is smaller;
+    it is never cut.  `limit` bounds a materialised file (default: capacity
+    plus metadata slack).  Raises DiskError; no `dest` is left behind then.
+    """
+    if not members:
+        raise DiskError("%s: no disk file" % dest)
+    if capacity < 0:
+        raise DiskError("%s: negative capacity %d" % (members[0].name, capacity))
+    staged: Optional[Member] = None
+    member = members[0]
+    if compression != COMPRESSION_NONE or len(members) > 1 \
+            or not qemu.readable_in_place(member):
+        if limit is None:
+            limit = capacity + capacity // 8 + METADATA_SLACK
+        staged = materialize(members, compression, staging_dir, limit)
+        member = staged
+    try:
+        image = diskformats.inspect(member)
+        described = qemu.info(member, image.format, expected_size=image.virtual_size)
+        virtual_size = described["virtual-size"]
+        qemu.convert_to_raw(member, image.format, dest, progress, virtual_size)
+    finally:
+        if staged is not None:
+            os.unlink(staged.path)
+    try:
+        size = os.stat(dest).st_size
+        if size < capacity:
+            os.truncate(dest, capacity)
+            size = capacity
+    except OSError as err:
+        _discard(dest)
+        raise DiskError("%s: cannot extend to %d bytes: %s"
+                        % (dest, capacity, err.strerror)) from None
+    return ImportedDisk(path=dest, format=image.format, virtual_size=virtual_size,
+                        size=size, details=dict(image.details))
+
+
+def _discard(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def create_blank(dest: str, size: int) -> None:
+    """Create `dest` as a new sparse file of `size` bytes (mode 0600)."""
+    if size < 0:
+        raise DiskError("%s: negative disk size %d" % (dest, size))
+    try:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise DiskError("%s: cannot create: %s" % (dest, err.strerror)) from None
+    try:
+        os.ftruncate(fd, size)
+    except OSError as err:
+        os.close(fd)
+        _discard(dest)
+        raise DiskError("%s: cannot size to %d bytes: %s"
+                        % (dest, size, err.strerror)) from None
+    os.close(fd)

@@ -1,0 +1,327 @@
+"""qemu-img, and the only place the library runs a program.
+
+Every command goes through ganeti.utils.RunCmd with a reset environment
+(LC_ALL=C, a fixed PATH), under coreutils `timeout` and util-linux `prlimit`
+(address space, CPU time and, when writing, file size), with an explicit
+format: qemu-img never probes.  Output is read as JSON only, capped, and
+re-checked against what the caller expects.  A package member is opened in
+place through --image-opts: a raw "window" driver over the OVA's byte range.
+"""
+
+import json
+import os
+import re
+import tempfile
+import threading
+from typing import Any, Callable, Dict, List, Optional
+
+from ganeti import errors as ganeti_errors
+from ganeti import utils
+
+from ganeti_ovf.errors import DiskError
+from ganeti_ovf.model import Member
+
+QEMU_IMG = "/usr/bin/qemu-img"
+PRLIMIT = "/usr/bin/prlimit"
+TIMEOUT = "/usr/bin/timeout"
+ENV = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+MEMORY_LIMIT = 2 * 1024 ** 3  # bytes of address space for qemu-img
+INFO_SECONDS = 30  # wall clock and CPU time for info, check, compare headers
+OUTPUT_LIMIT = 1024 ** 2  # JSON larger than this is not an image we accept
+KILL_GRACE = 10  # seconds between SIGTERM and SIGKILL
+SECTOR = 512
+
+# Formats this module may be asked to read, and to write on export.
+READ_FORMATS = ("raw", "qcow2", "vmdk", "vpc", "vdi")
+WRITE_FORMATS = ("raw", "qcow2", "vmdk")
+# Guest sizes qemu derives as we do; vpc may use CHS geometry, raw rounds up.
+SIZE_CHECKED_FORMATS = ("qcow2", "vmdk", "vdi")
+# VMware: ESXi needs version 3 sparse headers (qemu writes them since 2.5.1)
+# and a disk hardware version no older than the VM's; 11 is ESXi 6.0.
+VMDK_HWVERSION = "11"
+VMDK_ADAPTER = "lsilogic"
+
+_PROGRESS = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
+
+Progress = Callable[[float], None]
+
+
+def _opt_value(value: str) -> str:
+    # QEMU option syntax: a comma inside a value is written twice.
+    return value.replace(",", ",,")
+
+
+def readable_in_place(member: Member) -> bool:
+    """Whether qemu can read `member` without copying it out first.
+
+    qemu's raw window needs a size in whole sectors; a tar pads members to
+    512 bytes, so the padding may be included when the file holds it.
+    """
+    try:
+        length = os.stat(member.path).st_size
+    except OSError:
+        return False
+    if member.offset == 0 and member.size == length:
+        return True
+    rounded = -(-member.size // SECTOR) * SECTOR
+    return member.offset >= 0 and member.offset + rounded <= length
+
+
+def image_opts(member: Member, fmt: str) -> str:
+    """The --image-opts string that opens `member` as `fmt`, read in place."""
+    if fmt not in READ_FORMATS:
+        raise DiskError("%s: format %r is not one qemu-img may read here" % (member.name, fmt))
+    if not readable_in_place(member):
+        raise DiskError("%s: byte range %d+%d of %s cannot be read in place"
+                        % (member.name, member.offset, member.size, member.path))
+    path = _opt_value(os.path.abspath(member.path))
+    if member.offset == 0 and member.size == os.stat(member.path).st_size:
+        return "driver=%s,file.driver=file,file.filename=%s" % (fmt, path)
+    rounded = -(-member.size // SECTOR) * SECTOR
+    return ("driver=%s,file.driver=raw,file.offset=%d,file.size=%d,"
+            "file.file.driver=file,file.file.filename=%s"
+            % (fmt, member.offset, rounded, path))
+
+
+def _limits(seconds: int, fsize: Optional[int]) -> List[str]:
+    cmd = [TIMEOUT, "--kill-after=%d" % KILL_GRACE, str(seconds),
+           PRLIMIT, "--as=%d" % MEMORY_LIMIT, "--cpu=%d" % seconds]
+    if fsize is not None:
+        cmd.append("--fsize=%d" % max(fsize, SECTOR))
+    return cmd + ["--", QEMU_IMG]
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in re.split(r"[\r\n]+", text)
+             if line.strip() and not _PROGRESS.fullmatch(line.strip())]
+    return lines[-1] if lines else "no message"
+
+
+def _fail_reason(what: str, result: Any, seconds: int) -> DiskError:
+    if result.exit_code in (124, 137):  # timeout's codes for TERM and KILL
+        return DiskError("%s: qemu-img ran out of its %d s" % (what, seconds))
+    return DiskError("%s: qemu-img failed (%s): %s"
+                     % (what, result.fail_reason, _last_line(result.output)))
+
+
+def _run(args: List[str], what: str, seconds: int = INFO_SECONDS,
+         fsize: Optional[int] = None) -> Any:
+    """Run qemu-img with `args` under limits; its RunResult if it succeeded."""
+    try:
+        result = utils.RunCmd(_limits(seconds, fsize) + args, env=ENV,
+                              reset_env=True, timeout=seconds + 2 * KILL_GRACE)
+    except (ganeti_errors.GenericError, OSError) as err:
+        raise DiskError("%s: cannot run qemu-img: %s" % (what, err)) from None
+    if result.failed:
+        raise _fail_reason(what, result, seconds)
+    return result
+
+
+def _run_logged(args: List[str], what: str, seconds: int, fsize: Optional[int],
+                log_dir: str, progress: Optional[Progress]) -> None:
+    """Run a long qemu-img command, feeding its -p percentages to `progress`.
+
+    RunCmd only returns output at the end, so it writes to a log file from a
+    worker thread while this thread reads the file's newest percentage.
+    """
+    fd, log = tempfile.mkstemp(prefix=".qemu-img-", suffix=".log", dir=log_dir)
+    os.close(fd)
+    outcome: Dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = utils.RunCmd(_limits(seconds, fsize) + args, env=ENV,
+                                             reset_env=True, output=log)
+        except (ganeti_errors.GenericError, OSError) as err:
+            outcome["error"] = err
+
+    try:
+        worker = threading.Thread(target=work, name="qemu-img", daemon=True)
+        worker.start()
+        last = -1.0
+        while worker.is_alive():
+            worker.join(0.5)
+            if progress is not None:
+                last = _report(log, last, progress)
+        if "error" in outcome:
+            raise DiskError("%s: cannot run qemu-img: %s" % (what, outcome["error"]))
+        result = outcome["result"]
+        if result.failed:
+            with open(log, "rb") as handle:
+                handle.seek(max(0, os.fstat(handle.fileno()).st_size - 4096))
+                result.stdout = handle.read().decode("utf-8", "replace")
+            raise _fail_reason(what, result, seconds)
+        if progress is not None and last < 100.0:
+            progress(100.0)
+    finally:
+        os.unlink(log)
+
+
+def _report(log: str, last: float, progress: Progress) -> float:
+    with open(log, "rb") as handle:
+        handle.seek(max(0, os.fstat(handle.fileno()).st_size - 256))
+        found = _PROGRESS.findall(handle.read().decode("ascii", "replace"))
+    if found and float(found[-1]) > last:
+        last = float(found[-1])
+        progress(last)
+    return last
+
+
+def _json(result: Any, what: str) -> Dict[str, Any]:
+    if len(result.stdout) > OUTPUT_LIMIT:
+        raise DiskError("%s: qemu-img output exceeds %d bytes" % (what, OUTPUT_LIMIT))
+    try:
+        data = json.loads(result.stdout)
+    except ValueError:
+        raise DiskError("%s: qemu-img did not print JSON" % what) from None
+    if not isinstance(data, dict):
+        raise DiskError("%s: qemu-img printed JSON that is not an object" % what)
+    return data
+
+
+def info(member: Member, fmt: str, expected_size: Optional[int] = None) -> Dict[str, Any]:
+    """`qemu-img info` of `member` opened as `fmt`, re-checked.
+
+    Raises DiskError if qemu-img fails, or reports another format, a backing
+    file, an external data file, encryption, or (for qcow2 and vmdk) a virtual
+    size other than `expected_size`.
+    """
+    what = member.name
+    data = _json(_run(["info", "--output=json", "--image-opts",
+                       image_opts(member, fmt)], what), what)
+    problems = []
+    if data.get("format") != fmt:
+        problems.append("format is %r, not %r" % (data.get("format"), fmt))
+    if "backing-filename" in data or "full-backing-filename" in data:
+        problems.append("backing file set")
+    specific = data.get("format-specific")
+    specific = specific.get("data") if isinstance(specific, dict) else None
+    if not isinstance(specific, dict):
+        specific = {}
+    if "data-file" in specific:
+        problems.append("external data file set")
+    if data.get("encrypted") or "encrypt" in specific:
+        problems.append("encrypted")
+    if fmt == "vmdk" and len(specific.get("extents", ())) != 1:
+        problems.append("not exactly one extent")
+    size = data.get("virtual-size")
+    if not isinstance(size, int) or size < 0:
+        problems.append("no virtual size")
+    elif expected_size is not None and fmt in SIZE_CHECKED_FORMATS \
+            and size != expected_size:
+        problems.append("virtual size %d differs from the header's %d"
+                        % (size, expected_size))
+    if problems:
+        raise DiskError("%s: refused %s image (qemu-img info): %s"
+                        % (what, fmt, "; ".join(problems)))
+    return data
+
+
+def _convert_seconds(stored: int, virtual: int) -> int:
+    # Generous: 10 minutes plus 8 MiB/s of stored data and 256 MiB/s of
+    # guest size (holes are skipped, not written).
+    return 600 + stored // (8 * 1024 ** 2) + virtual // (256 * 1024 ** 2)
+
+
+def _claim(dest: str) -> None:
+    # Create the target ourselves, exclusively and private; qemu-img then
+    # re-creates it in place (ftruncate), keeping the mode.
+    try:
+        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as err:
+        raise DiskError("%s: cannot create: %s" % (dest, err.strerror)) from None
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def convert_to_raw(member: Member, fmt: str, dest: str,
+                   progress: Optional[Progress] = None,
+                   virtual_size: Optional[int] = None) -> None:
+    """Write `member` (read as `fmt`) to the new sparse raw file `dest`.
+
+    `dest` must not exist.  Zero runs of 4 KiB are left as holes; writes may
+    complete out of order (-W).  Raises DiskError, leaving no `dest` behind.
+    """
+    dest = os.path.abspath(dest)  # RunCmd runs programs in "/"
+    if virtual_size is None:
+        virtual_size = info(member, fmt)["virtual-size"]
+    seconds = _convert_seconds(member.size, virtual_size)
+    limit = -(-virtual_size // SECTOR) * SECTOR
+    _claim(dest)
+    try:
+        _run_logged(["convert", "-p", "-W", "-S", "4k", "--image-opts",
+                     image_opts(member, fmt), "-O", "raw", dest],
+                    member.name, seconds, limit, os.path.dirname(dest), progress)
+    except BaseException:
+        _remove(dest)
+        raise
+
+
+def convert_from_raw(src: str, fmt: str, dest: str, compress: bool = False,
+                     progress: Optional[Progress] = None,
+                     hwversion: str = VMDK_HWVERSION,
+                     adapter: str = VMDK_ADAPTER) -> None:
+    """Write the raw disk `src` to the new file `dest` as raw, qcow2 or vmdk.
+
+    vmdk is streamOptimized (what VMware imports) with `adapter` and
+    `hwversion` in its descriptor; `compress` asks qcow2 for compressed
+    clusters.  Raises DiskError, leaving no `dest` behind.
+    """
+    if fmt not in WRITE_FORMATS:
+        raise DiskError("%s: cannot write disk format %r" % (dest, fmt))
+    src, dest = os.path.abspath(src), os.path.abspath(dest)  # RunCmd runs in "/"
+    try:
+        stored = os.stat(src).st_size
+    except OSError as err:
+        raise DiskError("%s: cannot read: %s" % (src, err.strerror)) from None
+    args = ["convert", "-p", "-W", "-S", "4k", "-f", "raw", "-O", fmt]
+    if fmt == "qcow2" and compress:
+        args.append("-c")
+    if fmt == "vmdk":
+        args += ["-o", "subformat=streamOptimized,adapter_type=%s,hwversion=%s"
+                 % (_opt_value(adapter), _opt_value(hwversion))]
+    # Compressing formats are slow (about 66 MB/s for streamOptimized).
+    seconds = 600 + stored // (4 * 1024 ** 2)
+    # The output never exceeds the input by more than its metadata.
+    limit = stored + stored // 8 + 64 * 1024 ** 2
+    _claim(dest)
+    try:
+        _run_logged(args + [src, dest], src, seconds, limit, os.path.dirname(dest),
+                    progress)
+    except BaseException:
+        _remove(dest)
+        raise
+
+
+def check(path: str, fmt: str) -> Dict[str, Any]:
+    """`qemu-img check` of a qcow2 or vmdk file; DiskError if it finds errors."""
+    if fmt not in ("qcow2", "vmdk"):
+        raise DiskError("%s: qemu-img check does not support %r" % (path, fmt))
+    result = _run(["check", "-f", fmt, "--output=json", os.path.abspath(path)], path)
+    data = _json(result, path)
+    bad = {key: data.get(key) for key in ("check-errors", "corruptions", "leaks")
+           if data.get(key)}
+    if bad:
+        raise DiskError("%s: qemu-img check found %s" % (
+            path, ", ".join("%s %s" % (value, key) for key, value in bad.items())))
+    return data
+
+
+def compare(a: str, fmt_a: str, b: str, fmt_b: str) -> bool:
+    """Whether two images hold the same guest data (qemu-img compare)."""
+    seconds = INFO_SECONDS * 10
+    args = _limits(seconds, None) + ["compare", "-q", "-f", fmt_a, "-F", fmt_b,
+                                     os.path.abspath(a), os.path.abspath(b)]
+    try:
+        result = utils.RunCmd(args, env=ENV, reset_env=True)
+    except (ganeti_errors.GenericError, OSError) as err:
+        raise DiskError("%s: cannot run qemu-img: %s" % (a, err)) from None
+    if result.exit_code in (0, 1):  # identical, different
+        return result.exit_code == 0
+    raise _fail_reason("%s vs %s" % (a, b), result, seconds)
