@@ -47,6 +47,15 @@ KEEP_HOST_PARAMS_OPT = cli_option("--keep-host-params", dest="keep_host_params",
                                   help="Apply the package's hypervisor and OS"
                                   " parameters that name host paths or pass host"
                                   " arguments (dropped by default)")
+TRUST_STORE_OPT = cli_option("--trust-store", dest="trust_store", default=None,
+                             metavar="<path>",
+                             help="CA certificates (PEM file or directory) that"
+                             " package signatures must chain to (default: %s)"
+                             % importer.DEFAULT_TRUST_STORE)
+REQUIRE_SIGNATURE_OPT = cli_option("--require-signature", dest="require_signature",
+                                   default=False, action="store_true",
+                                   help="Refuse a package that is not signed by a"
+                                   " certificate of the trust store")
 OUTPUT_FORMAT_OPT = cli_option("--output", dest="output_format", default="text",
                                choices=["text", "json"], metavar="text|json",
                                help="Output format of info (default: text)")
@@ -91,9 +100,10 @@ import_opts = [
     NAME_OPT, OUTPUT_DIR_OPT, cli.BACKEND_OPT, cli.HYPERVISOR_OPT, cli.OS_OPT,
     cli.OSPARAMS_OPT, cli.DISK_TEMPLATE_OPT, cli.DISK_OPT, cli.NET_OPT,
     cli.NONICS_OPT, cli.TAG_ADD_OPT, SYSTEM_OPT, PROFILE_OPT, REPLACE_OPT,
-    REQUIRE_MANIFEST_OPT, KEEP_HOST_PARAMS_OPT, cli.VERBOSE_OPT,
+    REQUIRE_MANIFEST_OPT, TRUST_STORE_OPT, REQUIRE_SIGNATURE_OPT,
+    KEEP_HOST_PARAMS_OPT, cli.VERBOSE_OPT,
 ]
-info_opts = [OUTPUT_FORMAT_OPT, PROFILE_OPT, VERIFY_OPT]
+info_opts = [OUTPUT_FORMAT_OPT, PROFILE_OPT, VERIFY_OPT, TRUST_STORE_OPT]
 export_opts = [
     FORMAT_OPT, COMPRESS_OPT, OVA_OPT, EXTERNAL_OPT, MANIFEST_OPT, OVF_VERSION_OPT,
     OUTPUT_DIR_OPT, NAME_OPT, REPLACE_OPT, HARDWARE_FAMILY_OPT, NIC_MODEL_OPT,
@@ -207,7 +217,8 @@ def ImportPackage(opts, args):
     request = importer.ImportRequest(
         package_path=args[0], output_dir=output_dir, overrides=_overrides(opts),
         system=opts.system, profile=opts.profile, force=opts.force,
-        require_manifest=opts.require_manifest)
+        require_manifest=opts.require_manifest, trust_store=opts.trust_store,
+        require_signature=opts.require_signature)
     result = importer.import_package(request, _feedback(opts))
     ToStdout("Instance %s written to %s", result.plan.system.name, result.directory)
     if importer.under_export_dir(result.directory, pathutils.EXPORT_DIR):
@@ -237,7 +248,8 @@ def ShowPackageInfo(opts, args):
     with publish.scratch_dir() as scratch:
         package = Package.open(args[0], staging_dir=scratch)
         appliance = importer.read_package(package, opts.profile)
-        document = describe.describe_package(package, appliance, verify=opts.verify)
+        document = describe.describe_package(package, appliance, verify=opts.verify,
+                                             trust_store=opts.trust_store)
     if opts.output_format == "json":
         ToStdout("%s", describe.to_json(document))
     else:

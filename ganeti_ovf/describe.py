@@ -18,7 +18,7 @@ SCHEMA_VERSION = 1
 
 
 def describe_package(package: Package, appliance: Appliance,
-                     verify: bool = False) -> dict:
+                     verify: bool = False, trust_store: Optional[str] = None) -> dict:
     """The info document for a package."""
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -31,6 +31,7 @@ def describe_package(package: Package, appliance: Appliance,
                      for p in appliance.profiles],
         "systems": [_system(system, package) for system in appliance.systems],
         "manifest": _manifest(package, appliance, verify),
+        "signature": _signature(package, trust_store),
         "warnings": list(package.warnings) + list(appliance.warnings),
     }
     return document
@@ -110,6 +111,19 @@ def _manifest(package: Package, appliance: Appliance, verify: bool) -> Optional[
     return result
 
 
+def _signature(package: Package, trust_store: Optional[str]) -> Optional[dict]:
+    if package.certificate_name() is None:
+        return None
+    try:
+        info = importer.check_signature(package, trust_store, False, lambda _m: None)
+    except OvfError as err:
+        return {"valid": False, "error": str(err)}
+    return {"valid": True, "signer": info.signer, "issuer": info.issuer,
+            "not_before": info.not_before.isoformat() + "Z",
+            "not_after": info.not_after.isoformat() + "Z",
+            "trusted": info.trusted, "reason": info.reason, "algorithm": info.algorithm}
+
+
 def to_json(document: dict) -> str:
     return json.dumps(document, indent=2, sort_keys=True)
 
@@ -135,6 +149,16 @@ def to_text(document: dict) -> str:
         lines.append("Manifest: %d entries (%s)%s%s" % (
             manifest["entries"], ", ".join(manifest["algorithms"]),
             ", signed" if manifest["certificate"] else "", state))
+    signature = document["signature"]
+    if signature is not None:
+        if not signature["valid"]:
+            lines.append("Signature: INVALID: %s" % signature["error"])
+        else:
+            lines.append("Signature: %s by %s (issuer %s, valid %s to %s)%s" % (
+                signature["algorithm"], signature["signer"], signature["issuer"],
+                signature["not_before"], signature["not_after"],
+                ", trusted" if signature["trusted"] else
+                ", NOT TRUSTED: %s" % signature["reason"]))
     for system in document["systems"]:
         lines.append("Virtual system %s%s" % (
             system["id"], " (%s)" % system["name"] if system["name"] != system["id"] else ""))

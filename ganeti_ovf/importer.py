@@ -21,8 +21,12 @@ from ganeti_ovf.manifest import Manifest, verify_member
 from ganeti_ovf.model import Appliance, Disk, VirtualSystem
 from ganeti_ovf.package import Package
 from ganeti_ovf.plan import ImportOverrides, Plan, make_plan
+from ganeti_ovf.signature import SignatureError, SignatureInfo, verify_certificate
 
 Feedback = Callable[[str], None]
+# The operator's CA certificates for package signatures (a PEM bundle or a
+# directory of PEM files); --trust-store names another.
+DEFAULT_TRUST_STORE = "/etc/ganeti/ovf-trust-store.pem"
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class ImportRequest:
     profile: Optional[str] = None  # --profile
     force: bool = False
     require_manifest: bool = False
+    trust_store: Optional[str] = None  # None: DEFAULT_TRUST_STORE if it exists
+    require_signature: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,46 @@ def disk_members(package: Package, disk: Disk) -> list:
     if ref.chunk_size:
         return package.chunks(ref.href)
     return [package.member(ref.href)]
+
+
+def trust_store_path(given: Optional[str]) -> Optional[str]:
+    """The trust store to use: the one given, else the default if present."""
+    if given:
+        if not os.path.exists(given):
+            raise SignatureError("%s: no such trust store" % given)
+        return given
+    return DEFAULT_TRUST_STORE if os.path.exists(DEFAULT_TRUST_STORE) else None
+
+
+def check_signature(package: Package, trust_store: Optional[str], require: bool,
+                    feedback: Feedback) -> Optional[SignatureInfo]:
+    """Verify the package's certificate (if any) over the exact manifest bytes.
+
+    A signature that does not match is always fatal; an untrusted signer is
+    fatal only when a signature is required.
+    """
+    cert = package.certificate_bytes()
+    if cert is None:
+        if require:
+            raise SignatureError("%s: the package is not signed (required by"
+                                 " --require-signature)" % package.descriptor_name)
+        return None
+    manifest_bytes = package.manifest_bytes()
+    if manifest_bytes is None:
+        raise SignatureError("%s: a certificate without a manifest to sign"
+                             % package.certificate_name())
+    info = verify_certificate(cert, package.manifest_name(), manifest_bytes,
+                              trust_store_path(trust_store),
+                              source=package.certificate_name())
+    if info.trusted:
+        feedback("Package signed by %s (trusted)" % info.signer)
+    elif require:
+        raise SignatureError("%s: signed by %s, which is not trusted: %s"
+                             % (package.certificate_name(), info.signer, info.reason))
+    else:
+        feedback("WARNING: %s: signed by %s, which is not trusted: %s"
+                 % (package.certificate_name(), info.signer, info.reason))
+    return info
 
 
 def check_manifest(package: Package, referenced: list, require: bool,
@@ -99,6 +145,7 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
         warnings.extend(plan.warnings)
 
         # Integrity first: nothing is converted from a package that fails it.
+        check_signature(package, request.trust_store, request.require_signature, feedback)
         converted = [disk for disk in plan.system.disks if not disk.blank]
         members = {disk.disk_id: disk_members(package, disk) for disk in converted}
         check_manifest(package, [m for disk in converted for m in members[disk.disk_id]],
