@@ -36,6 +36,8 @@ HOST_HV_PARAMS = frozenset([
 HOST_PARAM_SUFFIXES = ("_path", "_file", "_script", "_dir")
 # root_path names a device inside the guest, not on the host.
 GUEST_PARAMS = frozenset(["root_path"])
+# The OS of appliances that bring their own: its import script copies disks.
+DEFAULT_OS = "noop"
 _OS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _PARAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
@@ -252,8 +254,12 @@ def make_plan(system: VirtualSystem, overrides: ImportOverrides) -> Plan:
                         " paths or pass host arguments; --keep-host-params applies"
                         " them): %s" % ", ".join("%s:%s" % pair for pair in dropped))
     if chosen_os is None:
-        warnings.append("no OS given by the package or --os-type: the instance is"
-                        " imported without OS scripts (raw disk copy)")
+        # Ganeti 3.0 imports no disk data at all for an instance without an
+        # OS (it only runs OS import scripts), so an OS is always named.
+        chosen_os = DEFAULT_OS
+        warnings.append("the package names no Ganeti OS: using %r (Debian package"
+                        " ganeti-os-noop, whose import script copies the disks as"
+                        " they are); choose another with --os-type" % DEFAULT_OS)
 
     settings = GanetiSettings(
         version=package.version, disk_template=template, hypervisor=hv_name,

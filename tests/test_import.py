@@ -108,13 +108,13 @@ def test_existing_output_refused_then_forced(tmp_path):
     run_gnt_ovf("import", "--output-dir", out, package, check=True)
     marker = os.path.join(out, "appliance.example.com", "config.ini")
     before = open(marker).read()
-    again = run_gnt_ovf("import", "--output-dir", out, "--os-type", "noop", package)
+    again = run_gnt_ovf("import", "--output-dir", out, "--os-type", "lenny-image", package)
     assert again.returncode != 0
     assert "already exists" in again.stderr and "--force" in again.stderr
     assert open(marker).read() == before
-    run_gnt_ovf("import", "--output-dir", out, "--os-type", "noop", "--force", package,
-                check=True)
-    assert "os = noop" in open(marker).read()
+    run_gnt_ovf("import", "--output-dir", out, "--os-type", "lenny-image", "--force",
+                package, check=True)
+    assert "os = lenny-image" in open(marker).read()
     assert sorted(os.listdir(out)) == ["appliance.example.com"]
 
 
@@ -171,6 +171,8 @@ def test_corpus_virtualbox_ovf20(tmp_path):
     assert sha256_file(dump) == expected
     assert allocated(dump) < 16 * MIB
     assert cfg.get("instance", "nic0_mac") == "08:00:27:2a:fb:4e"
+    # no Ganeti OS in the package: noop, whose import script copies the disk
+    assert cfg.get("export", "os") == "noop"
 
 
 def test_corpus_ganeti_ova(tmp_path):
