@@ -15,10 +15,11 @@ PYTEST_ARGS ?=
 DEB_RUNTIME = ganeti ganeti-os-noop qemu-utils python3-lxml python3-pyparsing \
               python3-cryptography util-linux libdeflate0 pigz
 DEB_TEST    = python3-pytest python3-mock python3-hypothesis tar openssl \
-              man-db groff-base iproute2 procps python3-venv
+              man-db groff-base iproute2 procps python3-venv \
+              dpkg-dev debhelper build-essential git time
 DEB_ALL     = $(DEB_RUNTIME) $(DEB_TEST)
 
-.PHONY: all deps check test lint demo bench fuzz install uninstall clean
+.PHONY: all deps check test lint demo bench fuzz install uninstall clean deb
 
 all:
 	@echo "Targets: check (install deps, run tests), demo, bench, fuzz, install, uninstall"
@@ -30,7 +31,7 @@ deps:
 	    || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=nointeractive \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
@@ -71,6 +72,9 @@ uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/gnt-ovf $(DESTDIR)$(MANDIR)/man8/gnt-ovf.8
 	rm -f $(DESTDIR)$(HOOKDIR)/ganeti-ovf-export
 	rm -f $(DESTDIR)$(SYSCONFDIR)/ganeti/ovf-export.conf.example
+
+deb:
+	dpkg-buildpackage -us -uc -b
 
 clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -179,9 +179,9 @@ def to_text(document: dict) -> str:
                 index, nic["network"], nic["mac"], nic["model"]))
         if system["ganeti"]:
             ganeti = system["ganeti"]
-            lines.append("  Ganeti: template %s, hypervisor %s, tags %s" % (
-                ganeti["disk_template"], ganeti["hypervisor"],
-                " ".join(ganeti["tags"]) or "none"))
+            lines.append("  Ganeti: OS %s, template %s, hypervisor %s, tags %s" % (
+                ganeti["os"] or "unset", ganeti["disk_template"] or "unset",
+                ganeti["hypervisor"] or "unset", " ".join(ganeti["tags"]) or "none"))
         if system["dropped_parameters"]:
             lines.append("  Not applied on import: %s" % ", ".join(system["dropped_parameters"]))
     for warning in document["warnings"]:

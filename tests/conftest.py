@@ -13,4 +13,10 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 CORPUS = os.path.join(SHARED, "corpus")
 SCHEMAS = os.path.join(SHARED, "schemas")
 
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: builds the Debian package"
+                            " (deselect with -m 'not slow')")
+
+
 from cluster import ganeti_cluster  # noqa: E402,F401  (session fixture for end-to-end tests)
