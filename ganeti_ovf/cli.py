@@ -8,6 +8,7 @@ turned here into Ganeti's one-line "Failure: ..." and a non-zero exit.
 """
 
 import functools
+import json
 import logging
 import optparse
 import sys
@@ -15,7 +16,7 @@ import sys
 from ganeti import cli, constants, errors, pathutils, utils
 from ganeti.cli import ArgFile, ArgUnknown, ToStderr, ToStdout, cli_option
 
-from ganeti_ovf import describe, exporter, importer, publish
+from ganeti_ovf import describe, exporter, importer, jobs, publish, status
 from ganeti_ovf.errors import OptionError, OvfError
 from ganeti_ovf.package import Package
 from ganeti_ovf.plan import ImportOverrides
@@ -96,19 +97,43 @@ CHUNK_SIZE_OPT = cli_option("--chunk-size", dest="chunk_size", default=None,
                             help="Split disk files into chunks of this size"
                             " (OVF folders only; e.g. 2G)")
 
+SUBMIT_IMPORT_OPT = cli_option("--submit-import", dest="submit_import", default=False,
+                               action="store_true",
+                               help="After converting, import the instance into the"
+                               " cluster (the job gnt-backup import would submit;"
+                               " needs --node or --iallocator)")
+REFRESH_OPT = cli_option("--refresh", dest="refresh", default=False, action="store_true",
+                         help="With --node: export the instance again even if this"
+                         " node already holds an export of it")
+EXPORT_NODE_OPT = cli_option("-n", "--node", dest="node", default=None, metavar="<node>",
+                             help="Export the instance (gnt-backup export) to this"
+                             " node, which must be the local one, before converting;"
+                             " skipped if an export is already there")
+STATUS_OUTPUT_OPT = cli_option("--output", dest="output_format", default="text",
+                               choices=["text", "json"], metavar="text|json",
+                               help="Output format (default: text)")
+
 import_opts = [
     NAME_OPT, OUTPUT_DIR_OPT, cli.BACKEND_OPT, cli.HYPERVISOR_OPT, cli.OS_OPT,
     cli.OSPARAMS_OPT, cli.DISK_TEMPLATE_OPT, cli.DISK_OPT, cli.NET_OPT,
     cli.NONICS_OPT, cli.TAG_ADD_OPT, SYSTEM_OPT, PROFILE_OPT, REPLACE_OPT,
     REQUIRE_MANIFEST_OPT, TRUST_STORE_OPT, REQUIRE_SIGNATURE_OPT,
     KEEP_HOST_PARAMS_OPT, cli.VERBOSE_OPT,
-]
+    # --submit-import and the job's options, as gnt-backup import spells them
+    SUBMIT_IMPORT_OPT, cli.NODE_PLACEMENT_OPT, cli.SRC_NODE_OPT, cli.IALLOCATOR_OPT,
+    cli.NONAMECHECK_OPT, cli.NOIPCHECK_OPT, cli.NOCONFLICTSCHECK_OPT,
+    cli.IGNORE_IPOLICY_OPT, cli.IDENTIFY_DEFAULTS_OPT,
+] + cli.SUBMIT_OPTS
 info_opts = [OUTPUT_FORMAT_OPT, PROFILE_OPT, VERIFY_OPT, TRUST_STORE_OPT]
 export_opts = [
     FORMAT_OPT, COMPRESS_OPT, OVA_OPT, EXTERNAL_OPT, MANIFEST_OPT, OVF_VERSION_OPT,
     OUTPUT_DIR_OPT, NAME_OPT, REPLACE_OPT, HARDWARE_FAMILY_OPT, NIC_MODEL_OPT,
     CHUNK_SIZE_OPT, cli.VERBOSE_OPT,
+    # --node: the gnt-backup export job first, with its options
+    EXPORT_NODE_OPT, REFRESH_OPT, cli.NOSHUTDOWN_OPT, cli.SHUTDOWN_TIMEOUT_OPT,
+    cli.LONG_SLEEP_OPT, cli.TRANSPORT_COMPRESSION_OPT,
 ]
+status_opts = [STATUS_OUTPUT_OPT]
 
 
 # ------------------------------------------------------------------ helpers
@@ -131,7 +156,7 @@ def _library_errors(func):
             ToStderr("Failure: %s%s", err.strerror or err,
                      ": %s" % err.filename if err.filename else "")
             return EXIT_FAILURE
-        except (errors.GenericError, KeyboardInterrupt):
+        except (errors.GenericError, errors.JobSubmittedException, KeyboardInterrupt):
             raise
         except Exception as err:  # never a traceback for the operator
             if opts.debug:
@@ -214,6 +239,7 @@ def ImportPackage(opts, args):
 
     """
     output_dir = opts.output_dir or pathutils.EXPORT_DIR
+    jobs.check_import_options(opts, output_dir)
     request = importer.ImportRequest(
         package_path=args[0], output_dir=output_dir, overrides=_overrides(opts),
         system=opts.system, profile=opts.profile, force=opts.force,
@@ -221,6 +247,10 @@ def ImportPackage(opts, args):
         require_signature=opts.require_signature)
     result = importer.import_package(request, _feedback(opts))
     ToStdout("Instance %s written to %s", result.plan.system.name, result.directory)
+    if opts.submit_import:
+        jobs.submit_import(result, opts)
+        ToStdout("Instance %s imported", result.plan.system.name)
+        return 0
     if importer.under_export_dir(result.directory, pathutils.EXPORT_DIR):
         ToStdout("Import it with: gnt-backup import -n NODE --src-node NODE"
                  " --src-dir %s %s", result.directory, result.plan.system.name)
@@ -269,8 +299,12 @@ def ExportPackage(opts, args):
 
     """
     feedback = _feedback(opts)
+    source = args[0]
+    jobs.check_export_options(opts, source)
+    if opts.node:
+        source = jobs.export_first(opts, source, feedback)
     request = exporter.ExportRequest(
-        source=args[0], output_dir=opts.output_dir or ".",
+        source=source, output_dir=opts.output_dir or ".",
         export_dir=pathutils.EXPORT_DIR,
         disk_format=exporter.normalise_format(opts.disk_format, feedback),
         name=opts.name, compress=opts.compress, ova=opts.ova, external=opts.external,
@@ -284,6 +318,30 @@ def ExportPackage(opts, args):
     return 0
 
 
+@_library_errors
+def ShowStatus(opts, args):
+    """List the export hook's conversions (all, or those of the instances given).
+
+    @param opts: the command line options selected by the user
+    @type args: list
+    @param args: instance names to show (none: all)
+    @rtype: int
+    @return: the desired exit code
+
+    """
+    records, problems = status.list_conversions()
+    if args:
+        records = [record for record in records if record.instance in args]
+    rows = status.to_rows(records)
+    for problem in problems:
+        ToStderr("WARNING: %s", problem)
+    if opts.output_format == "json":
+        ToStdout("%s", json.dumps(rows, indent=2, sort_keys=True))
+    else:
+        ToStdout("%s", status.to_text(rows))
+    return 0
+
+
 commands = {
     "import": (
         ImportPackage, [ArgFile(min=1, max=1)], import_opts,
@@ -291,13 +349,19 @@ commands = {
         "Converts an OVF/OVA package into a Ganeti export"),
     "export": (
         ExportPackage, [ArgUnknown(min=1, max=1)], export_opts,
-        "[options...] <config.ini|export directory|instance name>",
-        "Converts a Ganeti export into an OVF package or OVA"),
+        "[options...] <config.ini|export directory|instance name>"
+        " | --node <node> [--refresh] [options...] <instance name>",
+        "Converts a Ganeti export (made first with --node) into an OVF"
+        " package or OVA"),
     "info": (
         ShowPackageInfo, [ArgFile(min=1, max=1)], info_opts,
         "[--output=json] <package.ovf|package.ova>",
         "Describes an OVF/OVA package without converting it"),
+    "status": (
+        ShowStatus, [ArgUnknown()], status_opts, "[--output=json] [instance...]",
+        "Lists the conversions started by the export hook and their state"),
 }
+aliases = {"list": "status"}
 
 
 def hoist_positionals(argv: list, table: dict) -> list:
@@ -336,5 +400,5 @@ def hoist_positionals(argv: list, table: dict) -> list:
 
 def Main():
     sys.argv = hoist_positionals(sys.argv, commands)
-    return cli.GenericMain(commands)
+    return cli.GenericMain(commands, aliases=aliases)
 

@@ -10,9 +10,10 @@ staging name (see ova_writer.py for how the descriptor can come first).
 import dataclasses
 import hashlib
 import os
+import re
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Optional
+from typing import BinaryIO, Callable, Optional, Tuple
 
 from ganeti_ovf import ganeti_export, manifest, plan, publish, qemu, vmdkstream
 from ganeti_ovf.descriptor import versions
@@ -27,8 +28,14 @@ FORMATS = ("raw", "qcow2", "vmdk")
 FORMAT_ALIASES = {"cow": "qcow2"}  # the design document's name for qcow2
 EXTENSIONS = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk"}
 MANIFEST_ALGORITHMS = ("sha1", "sha256", "sha512")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
+_SIZE_UNITS = {unit: 1024 ** power for power, units in
+               ((2, ("", "m", "mb", "mib")), (3, ("g", "gb", "gib")), (4, ("t", "tb", "tib")))
+               for unit in units}
 _COPY_BLOCK = 1024 * 1024
 _LARGEST_SIZE = 2 ** 63 - 1  # for reserving the descriptor's room in an OVA
+_SECTOR = 512
+_USTAR_NAME_BYTES = 100  # an OVA is ustar (OVF 1.0 section 5.3): no longer names
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,18 @@ def normalise_format(value: str, feedback: Feedback) -> str:
     return value
 
 
+def parse_chunk_size(value: Optional[str]) -> Optional[int]:
+    """--chunk-size in bytes: a number with an optional unit M, G or T (MiB
+    if none).  Not Ganeti's unit parser: that one rounds up to 4 MiB."""
+    if value is None:
+        return None
+    match = _SIZE.fullmatch(value.strip())
+    unit = match.group(2).lower() if match else None
+    if unit not in _SIZE_UNITS:
+        raise OptionError("--chunk-size %r is not a size such as 512M or 2G" % value)
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
 def check_request(request: ExportRequest) -> None:
     if request.manifest_algorithm not in MANIFEST_ALGORITHMS + (None,):
         raise OptionError("--manifest %r is not one of %s, none"
@@ -100,7 +119,7 @@ class _GzipWriter:
 
 
 class _Sink:
-    """Where files go: a folder (sparse where possible) or an OVA."""
+    """Where files go: a folder or an OVA; records each file's digest."""
 
     def __init__(self, directory: Optional[str], ova: Optional[OvaWriter],
                  algorithm: Optional[str]) -> None:
@@ -108,55 +127,82 @@ class _Sink:
         self.ova = ova
         self.algorithm = algorithm
         self.digests: dict = {}
-        self.sizes: dict = {}
 
     def write_file(self, name: str, produce: Callable[[BinaryIO], None]) -> int:
         if self.ova is not None:
             size = self.ova.add(name, produce)
             if self.ova.digests.get(name):
                 self.digests[name] = self.ova.digests[name]
-        else:
-            path = os.path.join(self.directory, name)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb", buffering=_COPY_BLOCK) as handle:
-                member = MemberWriter(handle, self.algorithm)
-                produce(member)
-                size = member.size
-            if member.hexdigest():
-                self.digests[name] = member.hexdigest()
-        self.sizes[name] = size
-        return size
+            return size
+        handle, member = self.open_file(name)
+        with handle:
+            produce(member)
+        self.close_file(name, member)
+        return member.size
+
+    def open_file(self, name: str) -> Tuple[BinaryIO, MemberWriter]:
+        """A new file of the folder, and the hashing writer in front of it."""
+        path = os.path.join(self.directory, name)
+        # 0644 as in an OVA; the staging directory (0700) hides it until published.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        handle = os.fdopen(fd, "wb", buffering=_COPY_BLOCK)
+        return handle, MemberWriter(handle, self.algorithm)
+
+    def close_file(self, name: str, member: MemberWriter) -> None:
+        if member.hexdigest():
+            self.digests[name] = member.hexdigest()
 
 
 class _ChunkSplitter:
-    """Splits one stream into files of `chunk_size` bytes (href.000000000...)."""
+    """Splits one stream into files of `chunk_size` bytes (href.000000000...).
+
+    Writes straight into one chunk file at a time: a chunk may be gigabytes,
+    so it is never held in memory.  Folders only (check_request).
+    """
 
     def __init__(self, sink: _Sink, href: str, chunk_size: int) -> None:
         self.sink, self.href, self.chunk_size = sink, href, chunk_size
         self.names: list = []
-        self._buffer = bytearray()
         self.size = 0
+        self._handle: Optional[BinaryIO] = None
+        self._member: Optional[MemberWriter] = None
 
     def write(self, data) -> int:
-        self._buffer += data
-        self.size += len(data)
-        while len(self._buffer) >= self.chunk_size:
-            self._emit(bytes(self._buffer[:self.chunk_size]))
-            del self._buffer[:self.chunk_size]
-        return len(data)
+        view = memoryview(data).cast("B")
+        written = view.nbytes
+        while view:
+            if self._member is None:
+                self._next()
+            room = self.chunk_size - self._member.size
+            self._member.write(view[:room])
+            view = view[room:]
+            if self._member.size == self.chunk_size:
+                self._close()
+        self.size += written
+        return written
 
     def tell(self) -> int:
         return self.size
 
     def finish(self) -> None:
-        if self._buffer or not self.names:
-            self._emit(bytes(self._buffer))
-            self._buffer.clear()
+        if not self.names:  # an empty file is still one (empty) chunk
+            self._next()
+        self._close()
 
-    def _emit(self, data: bytes) -> None:
+    def abort(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+    def _next(self) -> None:
         name = "%s.%09d" % (self.href, len(self.names))
         self.names.append(name)
-        self.sink.write_file(name, lambda out: out.write(data))
+        self._handle, self._member = self.sink.open_file(name)
+
+    def _close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self.sink.close_file(self.names[-1], self._member)
+            self._handle, self._member = None, None
 
 
 def _copy_raw(source: str, out) -> None:
@@ -213,19 +259,24 @@ def export_package(request: ExportRequest, feedback: Feedback) -> ExportResult:
         feedback("Removed staging left by an interrupted run: %s" % stale)
 
     sources = [ganeti_export.dump_path(export, disk) for disk in export.disks]
-    capacities = [max(disk.size_mib * ganeti_export.MIB, os.stat(path).st_size)
+    # Old exports may give no size (the dump decides) or a dump that is not
+    # whole sectors; a guest disk is, so the capacity is rounded up.
+    capacities = [_round_up(max(disk.size_mib * ganeti_export.MIB, os.stat(path).st_size),
+                            _SECTOR)
                   for disk, path in zip(export.disks, sources, strict=True)]
     ext = EXTENSIONS[request.disk_format] + (".gz" if request.compress else "")
     hrefs = ["%s-disk%d.%s" % (name, index, ext) for index in range(len(sources))]
     descriptor_name, manifest_name = name + ".ovf", name + ".mf"
     target_name = name + ".ova" if request.ova else name
+    if request.ova:
+        _check_member_names([descriptor_name, manifest_name] + hrefs)
+    _check_absent(os.path.join(output_dir, target_name), request.force)
 
-    with publish.name_lock(output_dir, target_name), \
-            publish.Staging(output_dir, target_name) as staging:
-        if os.path.lexists(staging.target) and not request.force:
-            raise OptionError("%s already exists (use --force to replace it)"
-                              % staging.target)
-        scratch = staging.scratch()
+    # Staging first: it creates a missing output directory, which the name
+    # lock needs to exist.
+    with publish.Staging(output_dir, target_name) as staging, \
+            publish.name_lock(output_dir, target_name):
+        _check_absent(staging.target, request.force)  # again, under the lock
         ova = None
         if request.ova:
             reserved = [(descriptor_name, _descriptor_room(request, export, name, hrefs,
@@ -235,51 +286,66 @@ def export_package(request: ExportRequest, feedback: Feedback) -> ExportResult:
                     request.manifest_algorithm, [descriptor_name] + hrefs)))
             ova = OvaWriter(staging.file(target_name), reserved,
                             digest=request.manifest_algorithm)
-        sink = _Sink(None if ova else staging.path, ova, request.manifest_algorithm)
-
-        stored_sizes, chunk_names = [], []
-        for index, (source, capacity, href) in enumerate(
-                zip(sources, capacities, hrefs, strict=True)):
-            feedback("Writing disk %d as %s (%s)" % (index, request.disk_format, href))
-            producer = _disk_producer(request, source, capacity, href, scratch, feedback)
-            if request.chunk_size:
-                splitter = _ChunkSplitter(sink, href, request.chunk_size)
-                producer(splitter)
-                splitter.finish()
-                stored_sizes.append(splitter.size)
-                chunk_names.extend(splitter.names)
-            else:
-                stored_sizes.append(sink.write_file(href, producer))
-                chunk_names.append(href)
-
-        appliance = _appliance(request, export, name, hrefs, capacities, stored_sizes)
-        descriptor = write_descriptor(appliance, request.ovf_version, request.external,
-                                      request.hardware_family, request.nic_model)
-        manifest_bytes = None
-        if request.manifest_algorithm:
-            algorithm = request.manifest_algorithm
+        try:
+            sink = _Sink(None if ova else staging.path, ova, request.manifest_algorithm)
+            stored_sizes, file_names = _write_disks(request, sources, capacities, hrefs,
+                                                    sink, staging.scratch(), feedback)
+            appliance = _appliance(request, export, name, hrefs, capacities, stored_sizes)
+            descriptor = write_descriptor(appliance, request.ovf_version, request.external,
+                                          request.hardware_family, request.nic_model)
             if ova is not None:
                 descriptor = _pad(descriptor, ova, descriptor_name)
-            digests = dict(sink.digests)
-            digests[descriptor_name] = hashlib.new(algorithm, descriptor).hexdigest()
-            manifest_bytes = manifest.format_manifest(
-                [(algorithm, item, digests[item])
-                 for item in [descriptor_name] + chunk_names])
-
-        if ova is not None:
-            if request.manifest_algorithm is None:
-                descriptor = _pad(descriptor, ova, descriptor_name)
-            ova.fill(descriptor_name, descriptor)
-            if manifest_bytes is not None:
-                ova.fill(manifest_name, manifest_bytes)
-            ova.close()
-            path = staging.publish_file(target_name, replace=request.force)
-        else:
-            _write_new(staging.file(descriptor_name), descriptor)
-            if manifest_bytes is not None:
-                _write_new(staging.file(manifest_name), manifest_bytes)
-            path = staging.publish_directory(replace=request.force)
+            manifest_bytes = _manifest(request.manifest_algorithm, descriptor_name,
+                                       descriptor, file_names, sink.digests)
+            if ova is not None:
+                ova.fill(descriptor_name, descriptor)
+                if manifest_bytes is not None:
+                    ova.fill(manifest_name, manifest_bytes)
+                ova.close()
+                path = staging.publish_file(target_name, replace=request.force)
+            else:
+                _write_new(staging.file(descriptor_name), descriptor)
+                if manifest_bytes is not None:
+                    _write_new(staging.file(manifest_name), manifest_bytes)
+                path = staging.publish_directory(replace=request.force)
+        finally:
+            if ova is not None:
+                ova.abort()  # a no-op once closed; the staging removal does the rest
     return ExportResult(path=path, appliance=appliance)
+
+
+def _write_disks(request: ExportRequest, sources: list, capacities: list, hrefs: list,
+                 sink: _Sink, scratch: str, feedback: Feedback) -> Tuple[list, list]:
+    """Write every disk file; (stored size of each disk, every file name)."""
+    stored_sizes, file_names = [], []
+    for index, (source, capacity, href) in enumerate(
+            zip(sources, capacities, hrefs, strict=True)):
+        feedback("Writing disk %d as %s (%s)" % (index, request.disk_format, href))
+        producer = _disk_producer(request, source, capacity, href, scratch, feedback)
+        if request.chunk_size:
+            splitter = _ChunkSplitter(sink, href, request.chunk_size)
+            try:
+                producer(splitter)
+                splitter.finish()
+            finally:
+                splitter.abort()
+            stored_sizes.append(splitter.size)
+            file_names.extend(splitter.names)
+        else:
+            stored_sizes.append(sink.write_file(href, producer))
+            file_names.append(href)
+    return stored_sizes, file_names
+
+
+def _manifest(algorithm: Optional[str], descriptor_name: str, descriptor: bytes,
+              file_names: list, digests: dict) -> Optional[bytes]:
+    """The manifest: the descriptor first, then every file (each chunk)."""
+    if algorithm is None:
+        return None
+    digests = dict(digests)
+    digests[descriptor_name] = hashlib.new(algorithm, descriptor).hexdigest()
+    return manifest.format_manifest([(algorithm, item, digests[item])
+                                     for item in [descriptor_name] + file_names])
 
 
 def _appliance(request: ExportRequest, export, name: str, hrefs: list,
@@ -323,7 +389,24 @@ def _pad(descriptor: bytes, ova: OvaWriter, name: str) -> bytes:
     return descriptor + b"\n" * (room - len(descriptor))
 
 
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _check_absent(target: str, force: bool) -> None:
+    if os.path.lexists(target) and not force:
+        raise OptionError("%s already exists (use --force to replace it)" % target)
+
+
+def _check_member_names(names: list) -> None:
+    # Refused before any disk is written, not after the first one.
+    for member in names:
+        if len(member.encode("utf-8")) > _USTAR_NAME_BYTES:
+            raise OptionError("%s: an OVA member name is limited to %d bytes"
+                              " (choose a shorter --name)" % (member, _USTAR_NAME_BYTES))
+
+
 def _write_new(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)

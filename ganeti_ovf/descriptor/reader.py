@@ -188,6 +188,11 @@ def _read_disk_section(doc: Doc, root: etree._Element, files: Dict[str, model.Fi
             if disk_id in disks:
                 raise doc.error(element, "Disk id %r is used twice" % disk_id)
             label = "Disk %s" % disk_id
+            if doc.attr(element, "parentRef") is not None:
+                # A delta disk holds only what differs from its parent: alone
+                # it is not the guest's disk, and Ganeti has no disk chains.
+                raise doc.error(element, "%s: ovf:parentRef (a delta disk over another"
+                                " disk) is not supported" % label)
             file_ref = doc.attr_value(element, "fileRef")
             if file_ref is not None and file_ref not in files:
                 raise doc.error(element, "%s: ovf:fileRef %r names no References/File"
