@@ -1,0 +1,479 @@
+"""The instance-export post hook: convert each new export in the background.
+
+Ganeti runs hooks/ovf-export (installed as instance-export-post.d/
+ganeti-ovf-export) on the master, the primary and the target node after a
+successful `gnt-backup export`, synchronously, with only GANETI_* variables.
+This module owns what happens then:
+
+1. decide: act only on the export node, in the post phase of
+   OP_BACKUP_EXPORT in local mode, when the configuration
+   (/etc/ganeti/ovf-export.conf) enables it and the instance's tags match;
+2. snapshot: hard-link the export's files into a private spool directory
+   (same filesystem, outside the export directory), because the next
+   `gnt-backup export` of the instance deletes and replaces them; where
+   links are impossible the files are opened instead and copied later from
+   the open descriptors;
+3. detach: double fork into a new session, stdio on /dev/null, and return
+   at once so the Ganeti job is not held up;
+4. convert (the worker): wait for the instance's lock (one writer per
+   instance; conversions queue), give up if a newer export of the instance
+   is already queued or done ("superseded"), run exporter.export_package,
+   publish `<instance>-<UTC time>[.ova]` in the output directory, remove the
+   oldest beyond `keep`.  Every step is logged to
+   /var/log/ganeti/ovf-export.log and recorded in status.py's files.
+"""
+
+import configparser
+import dataclasses
+import fcntl
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
+
+from ganeti import constants, netutils, pathutils, utils
+
+from ganeti_ovf import exporter, publish, status
+from ganeti_ovf.errors import OvfError
+
+CONFIG_PATH = os.path.join(pathutils.CONF_DIR, "ovf-export.conf")
+CONFIG_ENV = "GANETI_OVF_EXPORT_CONF"  # another configuration (tests)
+SECTION = "ovf-export"
+LOG_FILE = os.path.join(pathutils.LOG_DIR, "ovf-export.log")
+DEFAULT_OUTPUT_DIR = os.path.join(pathutils.DATA_DIR, "ovf")
+DEFAULT_SPOOL_DIR = os.path.join(pathutils.DATA_DIR, "ovf-spool")
+PROGRAM = "ganeti-ovf-export"
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
+             "no": False, "false": False, "off": False, "0": False}
+_KEYS = ("enabled", "tags", "format", "ova", "compress", "external", "manifest",
+         "ovf_version", "output_dir", "spool_dir", "keep")
+_STAMP = "%Y%m%dT%H%M%SZ"
+_STAMP_RE = r"\d{8}T\d{6}Z"
+_COPY_BLOCK = 1024 * 1024
+
+
+class HookError(OvfError):
+    """The hook's configuration or environment is unusable."""
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    """The [ovf-export] section of the configuration file."""
+
+    enabled: bool = False
+    tags: tuple = ()  # convert only instances with one of these; () = all
+    disk_format: str = "vmdk"
+    ova: bool = True
+    compress: bool = False
+    external: bool = False
+    manifest_algorithm: Optional[str] = "sha256"
+    ovf_version: str = "1.0"
+    output_dir: str = DEFAULT_OUTPUT_DIR
+    spool_dir: str = DEFAULT_SPOOL_DIR
+    keep: int = 1  # newest outputs kept per instance; 0 = all
+
+
+@dataclass(frozen=True)
+class HookEvent:
+    """What Ganeti told the hook through its GANETI_* variables."""
+
+    phase: str
+    op_code: str
+    instance: str
+    export_node: str
+    export_mode: str
+    tags: tuple
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "HookEvent":
+        return cls(phase=env.get("GANETI_HOOKS_PHASE", ""),
+                   op_code=env.get("GANETI_OP_CODE", ""),
+                   instance=env.get("GANETI_INSTANCE_NAME", ""),
+                   export_node=env.get("GANETI_EXPORT_NODE", ""),
+                   export_mode=env.get("GANETI_EXPORT_MODE", ""),
+                   tags=tuple(env.get("GANETI_INSTANCE_TAGS", "").split()))
+
+
+# ------------------------------------------------------------ configuration
+
+
+def _inside(path: str, directory: str) -> bool:
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return os.path.commonpath([path, directory]) == directory
+
+
+def _boolean(source: str, key: str, value: str) -> bool:
+    try:
+        return _BOOLEANS[value.strip().lower()]
+    except KeyError:
+        raise HookError("%s: %s = %r is not yes or no" % (source, key, value))
+
+
+def parse_config(text: str, source: str,
+                 export_dir: str = pathutils.EXPORT_DIR) -> HookConfig:
+    """The configuration in `text`; HookError naming the key at fault."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as err:
+        raise HookError("%s: %s" % (source, str(err).splitlines()[0]))
+    if not parser.has_section(SECTION):
+        raise HookError("%s: no [%s] section" % (source, SECTION))
+    values = dict(parser.items(SECTION))
+    unknown = sorted(set(values) - set(_KEYS))
+    if unknown:
+        raise HookError("%s: unknown key %s in [%s]" % (source, unknown[0], SECTION))
+    config = HookConfig()
+    changes: dict = {}
+    for key in ("enabled", "ova", "compress", "external"):
+        if key in values:
+            changes[key] = _boolean(source, key, values[key])
+    if "tags" in values:
+        changes["tags"] = tuple(tag for tag in re.split(r"[\s,]+", values["tags"]) if tag)
+    if "format" in values:
+        fmt = values["format"].strip()
+        if fmt not in exporter.FORMATS:
+            raise HookError("%s: format = %r is not one of %s"
+                            % (source, fmt, ", ".join(exporter.FORMATS)))
+        changes["disk_format"] = fmt
+    if "manifest" in values:
+        algorithm = values["manifest"].strip().lower()
+        if algorithm not in exporter.MANIFEST_ALGORITHMS + ("none",):
+            raise HookError("%s: manifest = %r is not one of %s, none"
+                            % (source, algorithm, ", ".join(exporter.MANIFEST_ALGORITHMS)))
+        changes["manifest_algorithm"] = None if algorithm == "none" else algorithm
+    if "ovf_version" in values:
+        changes["ovf_version"] = values["ovf_version"].strip()
+    if "keep" in values:
+        try:
+            changes["keep"] = int(values["keep"])
+        except ValueError:
+            changes["keep"] = -1
+        if changes["keep"] < 0:
+            raise HookError("%s: keep = %r is not a number >= 0" % (source, values["keep"]))
+    for key in ("output_dir", "spool_dir"):
+        if key in values:
+            changes[key] = values[key].strip()
+    config = dataclasses.replace(config, **changes)
+    for key in ("output_dir", "spool_dir"):
+        path = getattr(config, key)
+        if not os.path.isabs(path):
+            raise HookError("%s: %s = %r is not an absolute path" % (source, key, path))
+        # Ganeti owns the export directory: gnt-backup list would show our
+        # files as exports and the next export would delete them.
+        if _inside(path, export_dir):
+            raise HookError("%s: %s = %s is inside Ganeti's export directory %s"
+                            % (source, key, path, export_dir))
+    return config
+
+
+def load_config(path: str, export_dir: str = pathutils.EXPORT_DIR) -> HookConfig:
+    """The configuration file; a missing file means disabled."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return HookConfig()
+    except (OSError, UnicodeDecodeError) as err:
+        raise HookError("%s: cannot read: %s" % (path, getattr(err, "strerror", err)))
+    return parse_config(text, path, export_dir)
+
+
+# ------------------------------------------------------------ decisions
+
+
+def is_this_node(node: str, this_node: str) -> bool:
+    """Whether Ganeti's node name `node` is this host (FQDN or short name)."""
+    node, this_node = node.lower().rstrip("."), this_node.lower().rstrip(".")
+    return bool(node) and (node == this_node or node.split(".")[0] == this_node)
+
+
+def skip_reason(event: HookEvent, this_node: str) -> Optional[str]:
+    """Why this hook run has nothing to do, before reading the configuration."""
+    if event.phase != constants.HOOKS_PHASE_POST:
+        return "phase %r is not post" % event.phase
+    if event.op_code != "OP_BACKUP_EXPORT":
+        return "opcode %r is not OP_BACKUP_EXPORT" % event.op_code
+    if event.export_mode != constants.EXPORT_MODE_LOCAL:
+        return "export mode %r is not local" % event.export_mode
+    if not is_this_node(event.export_node, this_node):
+        return "the export went to %r, not to this node" % event.export_node
+    return None
+
+
+def config_skip_reason(event: HookEvent, config: HookConfig) -> Optional[str]:
+    """Why the configuration excludes this export (None: convert it)."""
+    if not config.enabled:
+        return "the hook is not enabled"
+    if config.tags and not set(config.tags) & set(event.tags):
+        return "instance %s has none of the tags %s" % (event.instance,
+                                                        ",".join(config.tags))
+    return None
+
+
+def check_instance_name(name: str) -> str:
+    if not name or "/" in name or name.startswith(".") or "\0" in name:
+        raise HookError("GANETI_INSTANCE_NAME %r is not a usable instance name" % name)
+    return name
+
+
+# ------------------------------------------------------------ the conversion
+
+
+@dataclass(frozen=True)
+class Job:
+    """One conversion: where its snapshot is and what to make of it."""
+
+    record: status.Conversion
+    config: HookConfig
+    spool: str  # the private snapshot of the export directory
+    pending: tuple = ()  # (file name, open fd): copied into spool by the worker
+    status_dir: str = status.STATUS_DIR
+    export_dir: str = pathutils.EXPORT_DIR
+
+
+def new_record(instance: str, now: Optional[float] = None) -> status.Conversion:
+    now = time.time() if now is None else now
+    stamp = time.strftime(_STAMP, time.gmtime(now))
+    return status.Conversion(conversion_id="%s-%s-%d" % (instance, stamp, os.getpid()),
+                             instance=instance, state=status.QUEUED, created=now,
+                             updated=now)
+
+
+def snapshot(export_path: str, spool: str) -> tuple:
+    """Hard-link the export's files into `spool`; return (name, fd) pairs of
+    the files that could not be linked (opened instead, for the worker)."""
+    os.makedirs(spool, mode=0o700)
+    pending = []
+    with os.scandir(export_path) as entries:
+        files = [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
+    if "config.ini" not in files:
+        raise HookError("%s: no config.ini in the export" % export_path)
+    for name in files:
+        source = os.path.join(export_path, name)
+        try:
+            os.link(source, os.path.join(spool, name), follow_symlinks=False)
+        except OSError:
+            # Another filesystem (EXDEV) or links refused: the open file
+            # stays readable even after Ganeti deletes it.
+            pending.append((name, os.open(source, os.O_RDONLY | os.O_NOFOLLOW)))
+    return tuple(pending)
+
+
+def _copy_fd(fd: int, dest: str) -> None:
+    """Copy an open file, leaving holes where the source reads as zeros."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    with open(dest, "wb") as out:
+        while True:
+            block = os.read(fd, _COPY_BLOCK)
+            if not block:
+                break
+            if block.count(0) == len(block):
+                out.seek(len(block), os.SEEK_CUR)
+            else:
+                out.write(block)
+        out.truncate()
+
+
+def output_name(record: status.Conversion, ova: bool) -> str:
+    stamp = time.strftime(_STAMP, time.gmtime(record.created))
+    return "%s-%s%s" % (record.instance, stamp, ".ova" if ova else "")
+
+
+def rotate(output_dir: str, instance: str, keep: int) -> list:
+    """Remove `instance`'s outputs beyond the newest `keep`; return them."""
+    if keep <= 0:
+        return []
+    pattern = re.compile(re.escape(instance) + "-(" + _STAMP_RE + r")(\.ova)?$")
+    found = sorted((match.group(1), name) for name in os.listdir(output_dir)
+                   for match in [pattern.match(name)] if match)
+    removed = []
+    for _stamp, name in found[:max(0, len(found) - keep)]:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+        removed.append(path)
+    return removed
+
+
+def _superseded(job: Job) -> bool:
+    """Whether a newer export of the instance is queued, running or done."""
+    records, _problems = status.list_conversions(job.status_dir)
+    return any(other.instance == job.record.instance
+               and other.created > job.record.created
+               and other.state in (status.QUEUED, status.RUNNING, status.DONE)
+               for other in records)
+
+
+def _instance_lock(job: Job) -> int:
+    """Block until this instance's conversions are ours alone; return the fd."""
+    os.makedirs(job.status_dir, mode=0o755, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", job.record.instance)
+    fd = os.open(os.path.join(job.status_dir, ".lock-" + safe),
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _convert(job: Job) -> str:
+    config, record = job.config, job.record
+    for name, fd in job.pending:
+        _copy_fd(fd, os.path.join(job.spool, name))
+        os.close(fd)
+    final = output_name(record, config.ova)
+    with publish.Staging(config.output_dir, final) as staging:
+        request = exporter.ExportRequest(
+            source=job.spool, output_dir=staging.path, export_dir=job.export_dir,
+            disk_format=config.disk_format, compress=config.compress, ova=config.ova,
+            external=config.external, manifest_algorithm=config.manifest_algorithm,
+            ovf_version=config.ovf_version)
+        result = exporter.export_package(
+            request, lambda message: logging.info("%s: %s", record.conversion_id, message))
+        if config.ova:
+            return staging.publish_file(os.path.basename(result.path))
+        publish.rename_noreplace(result.path, staging.target)
+        return staging.target
+
+
+def run_job(job: Job) -> status.Conversion:
+    """The worker: queue on the instance lock, convert, record the outcome."""
+    record = job.record.with_state(status.QUEUED, pid=os.getpid(),
+                                   pid_start=status.process_start(os.getpid()))
+    try:
+        status.write(job.status_dir, record)
+        lock = _instance_lock(job)
+        try:
+            if _superseded(job):
+                logging.info("%s: superseded by a newer export of %s",
+                             record.conversion_id, record.instance)
+                record = record.with_state(status.SUPERSEDED,
+                                           error="a newer export of the instance is queued")
+                status.write(job.status_dir, record)
+                return record
+            record = record.with_state(status.RUNNING)
+            status.write(job.status_dir, record)
+            logging.info("%s: converting the export of %s", record.conversion_id,
+                         record.instance)
+            output = _convert(job)
+            record = record.with_state(status.DONE, output=output)
+            status.write(job.status_dir, record)
+            logging.info("%s: done: %s", record.conversion_id, output)
+            for old in rotate(job.config.output_dir, record.instance, job.config.keep):
+                logging.info("%s: removed older output %s", record.conversion_id, old)
+            status.prune(job.status_dir, record.instance)
+        finally:
+            os.close(lock)
+    except Exception as err:  # the worker has no caller: record every failure
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, OSError) and err.strerror:
+            reason = "%s%s" % (err.strerror, ": %s" % err.filename if err.filename else "")
+        logging.error("%s: conversion of %s failed: %s", record.conversion_id,
+                      record.instance, reason,
+                      exc_info=not isinstance(err, OvfError))
+        record = record.with_state(status.FAILED, error=reason)
+        try:
+            status.write(job.status_dir, record)
+        except status.StatusError as write_err:
+            logging.error("%s", write_err)
+    finally:
+        for _name, fd in job.pending:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        shutil.rmtree(job.spool, ignore_errors=True)
+    return record
+
+
+# ------------------------------------------------------------ process
+
+
+def setup_logging(log_file: Optional[str] = None) -> None:
+    """Log in Ganeti's format to LOG_FILE; nowhere if it cannot be opened."""
+    try:
+        utils.SetupLogging(log_file or LOG_FILE, PROGRAM, syslog=constants.SYSLOG_NO)
+    except EnvironmentError:
+        logging.getLogger("").addHandler(logging.NullHandler())
+
+
+def _close_logging() -> None:
+    root = logging.getLogger("")
+    for handler in list(root.handlers):
+        handler.close()
+        root.removeHandler(handler)
+
+
+def detach(work: Callable[[], object], keep_fds: tuple = ()) -> None:
+    """Run `work` in a grandchild in its own session; return at once."""
+    _close_logging()  # the grandchild opens its own log file
+    child = os.fork()
+    if child:
+        os.waitpid(child, 0)
+        return
+    code = 1
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        os.chdir("/")
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        # Ganeti reads the hook's output until every copy of the pipe is
+        # closed: keep nothing the hook inherited.
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd > 2 and fd not in keep_fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        setup_logging()
+        work()
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def main(env: Optional[Mapping[str, str]] = None,
+         this_node: Optional[str] = None) -> int:
+    """The hook: decide, snapshot, detach the worker; 0 unless misconfigured."""
+    env = os.environ if env is None else env
+    event = HookEvent.from_env(env)
+    node = this_node or netutils.Hostname.GetSysName()
+    if skip_reason(event, node) is not None:
+        return 0
+    setup_logging()
+    config_path = env.get(CONFIG_ENV) or CONFIG_PATH
+    try:
+        config = load_config(config_path)
+        reason = config_skip_reason(event, config)
+        if reason is not None:
+            logging.debug("Not converting the export of %s: %s", event.instance, reason)
+            return 0
+        instance = check_instance_name(event.instance)
+        record = new_record(instance)
+        spool = os.path.join(config.spool_dir, record.conversion_id)
+        os.makedirs(config.spool_dir, mode=0o700, exist_ok=True)
+        try:
+            pending = snapshot(os.path.join(pathutils.EXPORT_DIR, instance), spool)
+            status.write(status.STATUS_DIR, record)
+        except BaseException:
+            shutil.rmtree(spool, ignore_errors=True)
+            raise
+    except (OvfError, OSError) as err:
+        message = "ganeti-ovf export hook: %s" % err
+        logging.error("%s", message)
+        sys.stderr.write(message + "\n")  # Ganeti shows it in the job's warning
+        return 1
+    logging.info("%s: queued the conversion of %s's export (%s)", record.conversion_id,
+                 instance, "copied" if pending else "hard-linked")
+    job = Job(record=record, config=config, spool=spool, pending=pending)
+    detach(lambda: run_job(job), keep_fds=tuple(fd for _name, fd in pending))
+    return 0

@@ -1,0 +1,180 @@
+"""Status of the export hook's background conversions: one JSON file each.
+
+The hook (hook.py) writes `<status dir>/<conversion id>.json` when it queues
+a conversion and rewrites it (atomically: temporary file, rename) as the
+worker moves through queued → running → done | failed | superseded.
+`gnt-ovf status` reads them back.  A queued or running record whose worker
+process is gone (killed, node rebooted) is reported as "lost".
+"""
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from ganeti import pathutils
+
+from ganeti_ovf.errors import OvfError
+
+STATUS_DIR = os.path.join(pathutils.DATA_DIR, "ovf-status")
+SUFFIX = ".json"
+QUEUED, RUNNING, DONE, FAILED, SUPERSEDED, LOST = (
+    "queued", "running", "done", "failed", "superseded", "lost")
+STATES = (QUEUED, RUNNING, DONE, FAILED, SUPERSEDED)
+FINISHED = (DONE, FAILED, SUPERSEDED)
+# Finished records kept per instance; older ones are pruned by the hook.
+KEEP_FINISHED = 20
+_MAX_RECORD = 64 * 1024
+
+
+class StatusError(OvfError):
+    """A status file cannot be written or read."""
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """One conversion started by the export hook."""
+
+    conversion_id: str
+    instance: str
+    state: str
+    created: float
+    updated: float
+    pid: Optional[int] = None
+    pid_start: Optional[str] = None  # the worker's /proc start time: pid reuse
+    output: Optional[str] = None
+    error: Optional[str] = None
+
+    def with_state(self, state: str, **changes) -> "Conversion":
+        return dataclasses.replace(self, state=state, updated=time.time(), **changes)
+
+
+def process_start(pid: int) -> Optional[str]:
+    """The start time of `pid` (field 22 of /proc/PID/stat), None if gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces: split after its ')'.
+    fields = data.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def write(status_dir: str, record: Conversion) -> str:
+    """Write (or replace) the record's file atomically; return its path."""
+    if record.state not in STATES:
+        raise StatusError("%s: unknown state %r" % (record.conversion_id, record.state))
+    path = os.path.join(status_dir, record.conversion_id + SUFFIX)
+    data = json.dumps(dataclasses.asdict(record), sort_keys=True).encode("utf-8")
+    try:
+        os.makedirs(status_dir, mode=0o755, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=status_dir)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data + b"\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temp, 0o644)
+            os.rename(temp, path)
+        except BaseException:
+            if os.path.lexists(temp):
+                os.unlink(temp)
+            raise
+    except OSError as err:
+        raise StatusError("%s: cannot write status: %s" % (path, err.strerror))
+    return path
+
+
+def read(path: str) -> Conversion:
+    """One record; StatusError if the file is not one of ours."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(_MAX_RECORD + 1)
+    except OSError as err:
+        raise StatusError("%s: cannot read: %s" % (path, err.strerror))
+    try:
+        if len(raw) > _MAX_RECORD:
+            raise ValueError("too large")
+        fields = json.loads(raw.decode("utf-8"))
+        record = Conversion(**fields)
+    except (ValueError, TypeError) as err:
+        raise StatusError("%s: not a conversion status: %s" % (path, err))
+    if record.state not in STATES:
+        raise StatusError("%s: unknown state %r" % (path, record.state))
+    return record
+
+
+def list_conversions(status_dir: str = STATUS_DIR) -> tuple:
+    """(records oldest first, unreadable files as error lines)."""
+    try:
+        names = sorted(os.listdir(status_dir))
+    except FileNotFoundError:
+        return [], []
+    except OSError as err:
+        raise StatusError("%s: cannot list: %s" % (status_dir, err.strerror))
+    records, problems = [], []
+    for name in names:
+        if name.startswith(".") or not name.endswith(SUFFIX):
+            continue
+        try:
+            records.append(read(os.path.join(status_dir, name)))
+        except StatusError as err:
+            problems.append(str(err))
+    records.sort(key=lambda record: (record.created, record.conversion_id))
+    return records, problems
+
+
+def effective_state(record: Conversion) -> str:
+    """The record's state, or "lost" if its worker died before finishing."""
+    if record.state in FINISHED or record.pid is None:
+        return record.state
+    start = process_start(record.pid)
+    if start is None or (record.pid_start is not None and start != record.pid_start):
+        return LOST
+    return record.state
+
+
+def prune(status_dir: str, instance: str, keep: int = KEEP_FINISHED) -> None:
+    """Remove the oldest finished records of `instance` beyond `keep`."""
+    records, _problems = list_conversions(status_dir)
+    finished = [r for r in records if r.instance == instance and r.state in FINISHED]
+    for record in finished[:max(0, len(finished) - keep)]:
+        try:
+            os.unlink(os.path.join(status_dir, record.conversion_id + SUFFIX))
+        except FileNotFoundError:
+            pass
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def to_rows(records: list) -> list:
+    """Records as plain dicts (the JSON output), with the effective state."""
+    rows = []
+    for record in records:
+        row = dataclasses.asdict(record)
+        row["state"] = effective_state(record)
+        rows.append(row)
+    return rows
+
+
+def to_text(rows: list) -> str:
+    """A table: id, instance, state, last update, then output or reason."""
+    if not rows:
+        return "No conversions."
+    table = [("Conversion", "Instance", "State", "Updated", "Output/Reason")]
+    for row in rows:
+        detail = row["output"] if row["state"] == DONE else (row["error"] or "")
+        table.append((row["conversion_id"], row["instance"], row["state"],
+                      _when(row["updated"]), detail))
+    widths = [max(len(line[column]) for line in table) for column in range(4)]
+    lines = []
+    for line in table:
+        cells = [cell.ljust(width) for cell, width in zip(line[:4], widths, strict=True)]
+        lines.append("  ".join(cells + [line[4]]).rstrip())
+    return "\n".join(lines)
