@@ -90,10 +90,13 @@ def name_lock(output_dir: str, name: str) -> Iterator[None]:
         except OSError:
             raise PublishError("%s: another gnt-ovf run is writing %s in %s"
                                % (path, name, output_dir))
-        yield
-        # Tidy up; a racing run that opened the old file still cannot
-        # overwrite anything, since publishing never replaces silently.
-        os.unlink(path)
+        try:
+            yield
+        finally:
+            # Tidy up, after a failure too; a racing run that opened the old
+            # file still cannot overwrite anything, since publishing never
+            # replaces silently.
+            os.unlink(path)
     finally:
         os.close(fd)
 
@@ -114,9 +117,13 @@ class Staging:
         self._published = False
 
     def __enter__(self) -> "Staging":
-        old_umask = os.umask(0o077)
         try:
             os.makedirs(self.output_dir, mode=0o755, exist_ok=True)
+        except OSError as err:
+            raise PublishError("%s: cannot create output directory: %s"
+                               % (self.output_dir, err.strerror))
+        old_umask = os.umask(0o077)
+        try:
             self.path = tempfile.mkdtemp(prefix=STAGING_PREFIX + _safe(self.name) + ".",
                                          dir=self.output_dir)
         except OSError as err:
