@@ -93,7 +93,7 @@ NIC_MODEL_OPT = cli_option("--nic-model", dest="nic_model", default="E1000",
                            metavar="<model>",
                            help="Network adapter model (default: E1000)")
 CHUNK_SIZE_OPT = cli_option("--chunk-size", dest="chunk_size", default=None,
-                            type="unit", metavar="<size>",
+                            metavar="<size>",
                             help="Split disk files into chunks of this size"
                             " (OVF folders only; e.g. 2G)")
 
@@ -311,7 +311,7 @@ def ExportPackage(opts, args):
         manifest_algorithm=None if opts.manifest == "none" else opts.manifest,
         ovf_version=opts.ovf_version, hardware_family=opts.hardware_family,
         nic_model=opts.nic_model,
-        chunk_size=opts.chunk_size * 1024 * 1024 if opts.chunk_size else None,
+        chunk_size=exporter.parse_chunk_size(opts.chunk_size),
         force=opts.force)
     result = exporter.export_package(request, feedback)
     ToStdout("Package written to %s", result.path)
