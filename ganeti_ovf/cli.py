@@ -92,6 +92,11 @@ HARDWARE_FAMILY_OPT = cli_option("--hardware-family", dest="hardware_family",
 NIC_MODEL_OPT = cli_option("--nic-model", dest="nic_model", default="E1000",
                            metavar="<model>",
                            help="Network adapter model (default: E1000)")
+SIGN_OPT = cli_option("--sign", dest="sign_key", default=None, metavar="<key.pem>",
+                      help="Sign the manifest with this PEM private key (writes a"
+                      " .cert in ovftool's format; needs --cert)")
+CERT_OPT = cli_option("--cert", dest="sign_cert", default=None, metavar="<cert.pem>",
+                      help="The PEM certificate (and chain) of the --sign key")
 CHUNK_SIZE_OPT = cli_option("--chunk-size", dest="chunk_size", default=None,
                             metavar="<size>",
                             help="Split disk files into chunks of this size"
@@ -128,7 +133,7 @@ info_opts = [OUTPUT_FORMAT_OPT, PROFILE_OPT, VERIFY_OPT, TRUST_STORE_OPT]
 export_opts = [
     FORMAT_OPT, COMPRESS_OPT, OVA_OPT, EXTERNAL_OPT, MANIFEST_OPT, OVF_VERSION_OPT,
     OUTPUT_DIR_OPT, NAME_OPT, REPLACE_OPT, HARDWARE_FAMILY_OPT, NIC_MODEL_OPT,
-    CHUNK_SIZE_OPT, cli.VERBOSE_OPT,
+    CHUNK_SIZE_OPT, SIGN_OPT, CERT_OPT, cli.VERBOSE_OPT,
     # --node: the gnt-backup export job first, with its options
     EXPORT_NODE_OPT, REFRESH_OPT, cli.NOSHUTDOWN_OPT, cli.SHUTDOWN_TIMEOUT_OPT,
     cli.LONG_SLEEP_OPT, cli.TRANSPORT_COMPRESSION_OPT,
@@ -312,6 +317,7 @@ def ExportPackage(opts, args):
         ovf_version=opts.ovf_version, hardware_family=opts.hardware_family,
         nic_model=opts.nic_model,
         chunk_size=exporter.parse_chunk_size(opts.chunk_size),
+        sign_key=opts.sign_key, sign_cert=opts.sign_cert,
         force=opts.force)
     result = exporter.export_package(request, feedback)
     ToStdout("Package written to %s", result.path)

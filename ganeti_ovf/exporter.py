@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional, Tuple
 
-from ganeti_ovf import ganeti_export, manifest, plan, publish, qemu, vmdkstream
+from ganeti_ovf import ganeti_export, manifest, plan, publish, qemu, signature, vmdkstream
 from ganeti_ovf.descriptor import versions
 from ganeti_ovf.descriptor.writer import write_descriptor
 from ganeti_ovf.errors import OptionError
@@ -56,6 +56,8 @@ class ExportRequest:
     nic_model: str = "E1000"
     chunk_size: Optional[int] = None
     force: bool = False
+    sign_key: Optional[str] = None  # PEM private key: write a .cert signing the manifest
+    sign_cert: Optional[str] = None  # PEM certificate (chain) of that key
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,10 @@ def check_request(request: ExportRequest) -> None:
     if request.ovf_version not in versions.WRITABLE:
         raise OptionError("--ovf-version %r is not one of %s"
                           % (request.ovf_version, ", ".join(sorted(versions.WRITABLE))))
+    if bool(request.sign_key) != bool(request.sign_cert):
+        raise OptionError("--sign and --cert go together")
+    if request.sign_key and request.manifest_algorithm is None:
+        raise OptionError("--sign needs a manifest (not --manifest none)")
     if request.chunk_size is not None:
         if request.chunk_size < 1024 * 1024:
             raise OptionError("--chunk-size must be at least 1M")
@@ -267,9 +273,10 @@ def export_package(request: ExportRequest, feedback: Feedback) -> ExportResult:
     ext = EXTENSIONS[request.disk_format] + (".gz" if request.compress else "")
     hrefs = ["%s-disk%d.%s" % (name, index, ext) for index in range(len(sources))]
     descriptor_name, manifest_name = name + ".ovf", name + ".mf"
+    cert_name = name + ".cert"
     target_name = name + ".ova" if request.ova else name
     if request.ova:
-        _check_member_names([descriptor_name, manifest_name] + hrefs)
+        _check_member_names([descriptor_name, manifest_name, cert_name] + hrefs)
     _check_absent(os.path.join(output_dir, target_name), request.force)
 
     # Staging first: it creates a missing output directory, which the name
@@ -282,8 +289,12 @@ def export_package(request: ExportRequest, feedback: Feedback) -> ExportResult:
             reserved = [(descriptor_name, _descriptor_room(request, export, name, hrefs,
                                                            capacities))]
             if request.manifest_algorithm:
-                reserved.append((manifest_name, _manifest_room(
-                    request.manifest_algorithm, [descriptor_name] + hrefs)))
+                manifest_room = _manifest_room(request.manifest_algorithm,
+                                               [descriptor_name] + hrefs)
+                reserved.append((manifest_name, manifest_room))
+                if request.sign_key:
+                    reserved.append((cert_name, _certificate_room(
+                        request, manifest_name, manifest_room)))
             ova = OvaWriter(staging.file(target_name), reserved,
                             digest=request.manifest_algorithm)
         try:
@@ -297,16 +308,25 @@ def export_package(request: ExportRequest, feedback: Feedback) -> ExportResult:
                 descriptor = _pad(descriptor, ova, descriptor_name)
             manifest_bytes = _manifest(request.manifest_algorithm, descriptor_name,
                                        descriptor, file_names, sink.digests)
+            cert_bytes = None
+            if request.sign_key and manifest_bytes is not None:
+                cert_bytes = signature.sign_manifest(
+                    manifest_name, manifest_bytes, request.sign_key, request.sign_cert,
+                    request.manifest_algorithm.upper())
             if ova is not None:
                 ova.fill(descriptor_name, descriptor)
                 if manifest_bytes is not None:
                     ova.fill(manifest_name, manifest_bytes)
+                if cert_bytes is not None:
+                    ova.fill(cert_name, _pad(cert_bytes, ova, cert_name))
                 ova.close()
                 path = staging.publish_file(target_name, replace=request.force)
             else:
                 _write_new(staging.file(descriptor_name), descriptor)
                 if manifest_bytes is not None:
                     _write_new(staging.file(manifest_name), manifest_bytes)
+                if cert_bytes is not None:
+                    _write_new(staging.file(cert_name), cert_bytes)
                 path = staging.publish_directory(replace=request.force)
         finally:
             if ova is not None:
@@ -380,13 +400,21 @@ def _manifest_room(algorithm: str, names: list) -> int:
     return len(manifest.format_manifest([(algorithm, item, "0" * width) for item in names]))
 
 
-def _pad(descriptor: bytes, ova: OvaWriter, name: str) -> bytes:
-    # Trailing white space after the root element is allowed by XML; it
-    # fills the room reserved before the sizes were known.
+def _certificate_room(request: ExportRequest, manifest_name: str, manifest_room: int) -> int:
+    """Room for the .cert: a trial signature of a manifest of the same length,
+    plus slack for ECDSA signatures, whose DER length varies by a few bytes."""
+    trial = signature.sign_manifest(manifest_name, b"0" * manifest_room, request.sign_key,
+                                    request.sign_cert, request.manifest_algorithm.upper())
+    return len(trial) + 16
+
+
+def _pad(data: bytes, ova: OvaWriter, name: str) -> bytes:
+    # Trailing newlines are allowed after an XML root element and after PEM
+    # blocks; they fill the room reserved before the sizes were known.
     room = ova.reserved_size(name)
-    if len(descriptor) > room:
-        raise OptionError("internal: descriptor outgrew its reserved room")
-    return descriptor + b"\n" * (room - len(descriptor))
+    if len(data) > room:
+        raise OptionError("internal: %s outgrew its reserved room" % name)
+    return data + b"\n" * (room - len(data))
 
 
 def _round_up(value: int, multiple: int) -> int:
