@@ -366,7 +366,10 @@ class Vpc(Format):
 VDI_SIGNATURE = 0xBEDA107F
 VDI_HEADER = struct.Struct("<IIII")
 VDI_GEOMETRY = struct.Struct("<IIIIIIQ")
+VDI_BLOCKS = struct.Struct("<IIII")  # 376: block size, extra, blocks, allocated
 VDI_TYPES = {1: "dynamic", 2: "fixed"}
+VDI_UNALLOCATED = 0xFFFFFFFE  # this and above: a block map entry with no data
+VDI_MAX_BLOCKS = 1 << 24  # 16 TiB of 1 MiB blocks; bounds the block map read
 
 
 class Vdi(Format):
@@ -381,6 +384,13 @@ class Vdi(Format):
         Check("parent image set", lambda f: not any(f["link_uuid"] + f["parent_uuid"])),
         Check("sector size is not 512", lambda f: f["sector_size"] == 512),
         Check("zero size", lambda f: f["disk_size"] > 0),
+        Check("block count out of range",
+              lambda f: f["blocks_allocated"] <= f["blocks"] <= VDI_MAX_BLOCKS),
+        # qemu reads blocks past the end of a truncated file as zeros:
+        # a cut download would import as a silently damaged disk.
+        Check("truncated: the block map or data end past the end of the file",
+              lambda f: f["bmap_ok"] and f["data_end"] <= f["file_size"]),
+        Check("block map entry past the allocated blocks", lambda f: f["entries_ok"]),
     )
 
     def matches(self, reader: _Reader) -> bool:
@@ -388,13 +398,24 @@ class Vdi(Format):
 
     def parse(self, reader: _Reader) -> Fields:
         data = reader.read(0, 456)
-        fields: Fields = {"truncated": len(data) < 456}
+        fields: Fields = {"truncated": len(data) < 456, "file_size": reader.size}
         data = data.ljust(456, b"\0")
         _, fields["version"], _, fields["type"] = VDI_HEADER.unpack_from(data, 64)
-        (_, _, _, _, fields["sector_size"], _,
+        (bmap_offset,) = struct.unpack_from("<I", data, 340)
+        (data_offset, _, _, _, fields["sector_size"], _,
          fields["disk_size"]) = VDI_GEOMETRY.unpack_from(data, 344)
+        (block_size, extra, fields["blocks"],
+         fields["blocks_allocated"]) = VDI_BLOCKS.unpack_from(data, 376)
         fields["link_uuid"] = data[424:440]
         fields["parent_uuid"] = data[440:456]
+        fields["data_end"] = data_offset + fields["blocks_allocated"] * (block_size + extra)
+        fields["bmap_ok"] = fields["entries_ok"] = False
+        if fields["blocks"] <= VDI_MAX_BLOCKS:
+            bmap = reader.read(bmap_offset, 4 * fields["blocks"])
+            fields["bmap_ok"] = len(bmap) == 4 * fields["blocks"]
+            fields["entries_ok"] = fields["bmap_ok"] and all(
+                entry < fields["blocks_allocated"] or entry >= VDI_UNALLOCATED
+                for (entry,) in struct.iter_unpack("<I", bmap))
         return fields
 
     def virtual_size(self, fields: Fields) -> int:

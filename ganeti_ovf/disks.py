@@ -3,7 +3,8 @@
 This module owns the order of the steps and the files in between: a gzip or
 chunked file is first materialised (streamed, bounded) into a private staging
 file; then the image is inspected in Python (diskformats), opened by qemu-img
-info with the format found, cross-checked, and converted to raw.  Nothing is
+info with the format found, cross-checked (qcow2 also by qemu-img check, which
+finds a truncated image), and converted to raw.  Nothing is
 trusted to be raw without inspection saying so.  Programs run only in qemu.py.
 """
 
@@ -176,6 +177,8 @@ def import_disk(members: Sequence[Member], compression: str, capacity: int, dest
         image = diskformats.inspect(member)
         described = qemu.info(member, image.format, expected_size=image.virtual_size)
         virtual_size = described["virtual-size"]
+        if image.format in qemu.CHECK_FORMATS:
+            qemu.check_member(member, image.format)
         qemu.convert_to_raw(member, image.format, dest, progress, virtual_size)
     finally:
         if staged is not None:
