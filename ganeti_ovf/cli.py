@@ -57,6 +57,9 @@ REQUIRE_SIGNATURE_OPT = cli_option("--require-signature", dest="require_signatur
                                    default=False, action="store_true",
                                    help="Refuse a package that is not signed by a"
                                    " certificate of the trust store")
+MAX_DISK_SIZE_OPT = cli_option("--max-disk-size", dest="max_disk_size", default=None,
+                               metavar="<size>",
+                               help="Refuse disks larger than this (default: 16T)")
 OUTPUT_FORMAT_OPT = cli_option("--output", dest="output_format", default="text",
                                choices=["text", "json"], metavar="text|json",
                                help="Output format of info (default: text)")
@@ -122,7 +125,7 @@ import_opts = [
     NAME_OPT, OUTPUT_DIR_OPT, cli.BACKEND_OPT, cli.HYPERVISOR_OPT, cli.OS_OPT,
     cli.OSPARAMS_OPT, cli.DISK_TEMPLATE_OPT, cli.DISK_OPT, cli.NET_OPT,
     cli.NONICS_OPT, cli.TAG_ADD_OPT, SYSTEM_OPT, PROFILE_OPT, REPLACE_OPT,
-    REQUIRE_MANIFEST_OPT, TRUST_STORE_OPT, REQUIRE_SIGNATURE_OPT,
+    REQUIRE_MANIFEST_OPT, TRUST_STORE_OPT, REQUIRE_SIGNATURE_OPT, MAX_DISK_SIZE_OPT,
     KEEP_HOST_PARAMS_OPT, cli.VERBOSE_OPT,
     # --submit-import and the job's options, as gnt-backup import spells them
     SUBMIT_IMPORT_OPT, cli.NODE_PLACEMENT_OPT, cli.SRC_NODE_OPT, cli.IALLOCATOR_OPT,
@@ -195,6 +198,16 @@ def _indexed(values, option: str) -> dict:
     return result
 
 
+def _size_option(value, option: str, default: int) -> int:
+    """A Ganeti size ("500G", "2T"; MiB without a unit) in bytes."""
+    if value is None:
+        return default
+    try:
+        return utils.ParseUnit(value) * 1024 * 1024
+    except errors.UnitParseError as err:
+        raise OptionError("%s %s: %s" % (option, value, err))
+
+
 def _blank_disks(values) -> dict:
     sizes = {}
     for index, params in _indexed(values, "--disk").items():
@@ -249,7 +262,9 @@ def ImportPackage(opts, args):
         package_path=args[0], output_dir=output_dir, overrides=_overrides(opts),
         system=opts.system, profile=opts.profile, force=opts.force,
         require_manifest=opts.require_manifest, trust_store=opts.trust_store,
-        require_signature=opts.require_signature)
+        require_signature=opts.require_signature,
+        max_disk_size=_size_option(opts.max_disk_size, "--max-disk-size",
+                                   importer.DEFAULT_MAX_DISK_SIZE))
     result = importer.import_package(request, _feedback(opts))
     ToStdout("Instance %s written to %s", result.plan.system.name, result.directory)
     if opts.submit_import:

@@ -153,13 +153,16 @@ def materialize(members: Sequence[Member], compression: str, staging_dir: str,
 
 def import_disk(members: Sequence[Member], compression: str, capacity: int, dest: str,
                 staging_dir: str, progress: Optional[Callable[[float], None]] = None,
-                limit: Optional[int] = None) -> ImportedDisk:
+                limit: Optional[int] = None,
+                max_size: Optional[int] = None) -> ImportedDisk:
     """Convert a package's disk file to a new sparse raw file `dest`.
 
     `members` are the file's chunks in order (one for an unchunked file).  The
     raw output is extended (sparsely) to `capacity` when the image is smaller;
     it is never cut.  `limit` bounds a materialised file (default: capacity
-    plus metadata slack).  Raises DiskError; no `dest` is left behind then.
+    plus metadata slack; with no capacity, `max_size`).  An image whose
+    virtual size exceeds `max_size` is refused before conversion.  Raises
+    DiskError; no `dest` is left behind then.
     """
     if not members:
         raise DiskError("%s: no disk file" % dest)
@@ -170,13 +173,17 @@ def import_disk(members: Sequence[Member], compression: str, capacity: int, dest
     if compression != COMPRESSION_NONE or len(members) > 1 \
             or not qemu.readable_in_place(member):
         if limit is None:
-            limit = capacity + capacity // 8 + METADATA_SLACK
+            base = capacity or max_size or 0
+            limit = base + base // 8 + METADATA_SLACK
         staged = materialize(members, compression, staging_dir, limit)
         member = staged
     try:
         image = diskformats.inspect(member)
         described = qemu.info(member, image.format, expected_size=image.virtual_size)
         virtual_size = described["virtual-size"]
+        if max_size is not None and virtual_size > max_size:
+            raise DiskError("%s: virtual size %d bytes is over the maximum of %d"
+                            " (--max-disk-size)" % (member.name, virtual_size, max_size))
         if image.format in qemu.CHECK_FORMATS:
             qemu.check_member(member, image.format)
         qemu.convert_to_raw(member, image.format, dest, progress, virtual_size)

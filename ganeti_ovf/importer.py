@@ -15,7 +15,7 @@ from ganeti import netutils
 
 from ganeti_ovf import disks, ganeti_export, publish
 from ganeti_ovf.descriptor.reader import parse_descriptor
-from ganeti_ovf.errors import ManifestError, PackageError
+from ganeti_ovf.errors import DiskError, ManifestError, PackageError
 from ganeti_ovf.ganeti_export import ExportedDisk, size_to_mib
 from ganeti_ovf.manifest import Manifest, verify_member
 from ganeti_ovf.model import Appliance, Disk, VirtualSystem
@@ -24,6 +24,8 @@ from ganeti_ovf.plan import ImportOverrides, Plan, make_plan
 from ganeti_ovf.signature import SignatureError, SignatureInfo, verify_certificate
 
 Feedback = Callable[[str], None]
+# The largest virtual disk imported unless --max-disk-size says otherwise.
+DEFAULT_MAX_DISK_SIZE = 16 * 1024 ** 4
 # The operator's CA certificates for package signatures (a PEM bundle or a
 # directory of PEM files); --trust-store names another.
 DEFAULT_TRUST_STORE = "/etc/ganeti/ovf-trust-store.pem"
@@ -42,6 +44,7 @@ class ImportRequest:
     require_manifest: bool = False
     trust_store: Optional[str] = None  # None: DEFAULT_TRUST_STORE if it exists
     require_signature: bool = False
+    max_disk_size: int = DEFAULT_MAX_DISK_SIZE
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,8 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
         members = {disk.disk_id: disk_members(package, disk) for disk in converted}
         check_manifest(package, [m for disk in converted for m in members[disk.disk_id]],
                        request.require_manifest, feedback)
+        warnings.extend(_check_sizes(plan.system, members, request.max_disk_size))
+        _check_free_space(output_dir, [m for ms in members.values() for m in ms])
         for warning in warnings:
             feedback("WARNING: %s" % warning)
 
@@ -160,7 +165,8 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
             if os.path.lexists(staging.target) and not request.force:
                 raise PackageError("%s already exists (use --force to replace it)"
                                    % staging.target)
-            exported = _convert_disks(plan.system, members, staging, feedback)
+            exported = _convert_disks(plan.system, members, staging, feedback,
+                                      request.max_disk_size)
             config = ganeti_export.build_config(plan.system, exported,
                                                 source=netutils.Hostname.GetSysName())
             with open(staging.file(ganeti_export.CONFIG_NAME), "w") as handle:
@@ -170,8 +176,39 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
                         warnings=tuple(warnings))
 
 
+def _check_sizes(system: VirtualSystem, members: dict, max_size: int) -> list:
+    """Refuse disks over the maximum; warn where ovf:size is not the real size
+    (it is never trusted for allocation)."""
+    warnings = []
+    for disk in system.disks:
+        if disk.capacity > max_size:
+            raise DiskError("disk %s: capacity %d bytes is over the maximum of %d"
+                            " (--max-disk-size)" % (disk.disk_id, disk.capacity, max_size))
+        ref = disk.file
+        if ref is None or ref.size is None or disk.disk_id not in members:
+            continue
+        real = sum(member.size for member in members[disk.disk_id])
+        if real != ref.size:
+            warnings.append("%s: ovf:size says %d bytes, the file has %d"
+                            % (ref.href, ref.size, real))
+    return warnings
+
+
+def _check_free_space(output_dir: str, members: list) -> None:
+    """The stored bytes are a floor of what the raw disks will take."""
+    try:
+        stats = os.statvfs(output_dir)
+    except OSError:
+        return  # created later; the conversion itself reports a full disk
+    free = stats.f_bavail * stats.f_frsize
+    needed = sum(member.size for member in members)
+    if needed > free:
+        raise DiskError("%s: %d bytes free, the package's disks need at least %d"
+                        % (output_dir, free, needed))
+
+
 def _convert_disks(system: VirtualSystem, members: dict, staging: publish.Staging,
-                   feedback: Feedback) -> list:
+                   feedback: Feedback, max_size: int) -> list:
     exported = []
     for index, disk in enumerate(system.disks):
         dump = "disk%d.raw" % index
@@ -183,7 +220,8 @@ def _convert_disks(system: VirtualSystem, members: dict, staging: publish.Stagin
         else:
             feedback("Converting disk %d (%s) to raw" % (index, disk.file.href))
             result = disks.import_disk(members[disk.disk_id], disk.file.compression,
-                                       disk.capacity, dest, staging.scratch())
+                                       disk.capacity, dest, staging.scratch(),
+                                       max_size=max_size)
             size = max(disk.capacity, result.virtual_size)
         exported.append(ExportedDisk(dump=dump, size_mib=size_to_mib(size), name=disk.name))
     return exported

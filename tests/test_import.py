@@ -239,3 +239,28 @@ def test_info_of_built_package(tmp_path):
     assert doc["manifest"]["algorithms"] == ["SHA256"]
     text = run_gnt_ovf("info", "--verify", package, check=True).stdout
     assert "digests verified" in text
+
+
+def test_max_disk_size(tmp_path):
+    package, _ = build_package(str(tmp_path / "pkg"), disks=(("vmdk", 64 * MIB),))
+    out = str(tmp_path / "out")
+    result = run_gnt_ovf("import", "--output-dir", out, "--max-disk-size", "32M", package)
+    assert result.returncode == 1
+    assert "--max-disk-size" in failure_lines(result)[0]
+    assert os.listdir(out) == []
+    run_gnt_ovf("import", "--output-dir", out, "--max-disk-size", "64M", package, check=True)
+
+
+def test_wrong_ovf_size_warns(tmp_path):
+    package, raws = build_package(str(tmp_path / "pkg"))
+    with open(package, "rb") as handle:
+        text = handle.read()
+    import re
+    text = re.sub(rb'ovf:size="\d+"', b'ovf:size="12345"', text)
+    with open(package, "wb") as handle:
+        handle.write(text)
+    os.unlink(os.path.join(str(tmp_path / "pkg"), "appliance.mf"))
+    result = run_gnt_ovf("import", "--output-dir", str(tmp_path / "out"), package, check=True)
+    assert "ovf:size says 12345 bytes" in result.stderr
+    directory, cfg = imported(str(tmp_path / "out"))
+    assert sha256_file(os.path.join(directory, "disk0.raw")) == sha256_file(raws[0])
