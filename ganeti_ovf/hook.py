@@ -302,12 +302,31 @@ def rotate(output_dir: str, instance: str, keep: int) -> list:
     return removed
 
 
+def clean_spool(spool_dir: str, status_dir: str) -> list:
+    """Remove snapshots whose conversion finished or died; return them."""
+    try:
+        names = os.listdir(spool_dir)
+    except FileNotFoundError:
+        return []
+    records = {record.conversion_id: record
+               for record in status.list_conversions(status_dir)[0]}
+    removed = []
+    for name in names:
+        record = records.get(name)
+        if record is None or status.effective_state(record) in status.FINISHED + (
+                status.LOST,):
+            shutil.rmtree(os.path.join(spool_dir, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
 def _superseded(job: Job) -> bool:
     """Whether a newer export of the instance is queued, running or done."""
     records, _problems = status.list_conversions(job.status_dir)
     return any(other.instance == job.record.instance
                and other.created > job.record.created
-               and other.state in (status.QUEUED, status.RUNNING, status.DONE)
+               and status.effective_state(other) in (status.QUEUED, status.RUNNING,
+                                                     status.DONE)
                for other in records)
 
 
@@ -327,6 +346,9 @@ def _convert(job: Job) -> str:
         _copy_fd(fd, os.path.join(job.spool, name))
         os.close(fd)
     final = output_name(record, config.ova)
+    # Staging directories of killed workers (their flock is free).
+    for stale in publish.clean_stale_staging(config.output_dir):
+        logging.info("%s: removed stale staging %s", record.conversion_id, stale)
     with publish.Staging(config.output_dir, final) as staging:
         request = exporter.ExportRequest(
             source=job.spool, output_dir=staging.path, export_dir=job.export_dir,
@@ -341,12 +363,19 @@ def _convert(job: Job) -> str:
         return staging.target
 
 
-def run_job(job: Job) -> status.Conversion:
-    """The worker: queue on the instance lock, convert, record the outcome."""
+def claim(job: Job) -> status.Conversion:
+    """Record this process as the conversion's worker (for "lost")."""
     record = job.record.with_state(status.QUEUED, pid=os.getpid(),
                                    pid_start=status.process_start(os.getpid()))
+    status.write(job.status_dir, record)
+    return record
+
+
+def run_job(job: Job) -> status.Conversion:
+    """The worker: queue on the instance lock, convert, record the outcome."""
+    record = job.record
     try:
-        status.write(job.status_dir, record)
+        record = claim(job)
         lock = _instance_lock(job)
         try:
             if _superseded(job):
@@ -409,15 +438,26 @@ def _close_logging() -> None:
         root.removeHandler(handler)
 
 
-def detach(work: Callable[[], object], keep_fds: tuple = ()) -> None:
-    """Run `work` in a grandchild in its own session; return at once."""
+def detach(work: Callable[[], object], keep_fds: tuple = (),
+           ready: Optional[Callable[[], object]] = None) -> None:
+    """Run `work` in a grandchild in its own session.
+
+    Returns once the grandchild has run `ready` (or died), which is quick.
+    """
     _close_logging()  # the grandchild opens its own log file
+    read_end, write_end = os.pipe()
     child = os.fork()
     if child:
+        os.close(write_end)
         os.waitpid(child, 0)
+        # EOF: the grandchild closed its end after `ready`, or is gone.
+        while os.read(read_end, 1):
+            pass
+        os.close(read_end)
         return
     code = 1
     try:
+        os.close(read_end)
         os.setsid()
         if os.fork():
             os._exit(0)
@@ -429,12 +469,15 @@ def detach(work: Callable[[], object], keep_fds: tuple = ()) -> None:
         # closed: keep nothing the hook inherited.
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
-            if fd > 2 and fd not in keep_fds:
+            if fd > 2 and fd not in keep_fds and fd != write_end:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
         setup_logging()
+        if ready is not None:
+            ready()
+        os.close(write_end)
         work()
         code = 0
     finally:
@@ -458,14 +501,21 @@ def main(env: Optional[Mapping[str, str]] = None,
             logging.debug("Not converting the export of %s: %s", event.instance, reason)
             return 0
         instance = check_instance_name(event.instance)
-        record = new_record(instance)
+        # The record comes first and names this process: a spool directory
+        # without a live record is garbage (clean_spool).
+        record = new_record(instance).with_state(
+            status.QUEUED, pid=os.getpid(), pid_start=status.process_start(os.getpid()))
+        status.write(status.STATUS_DIR, record)
+        for removed in clean_spool(config.spool_dir, status.STATUS_DIR):
+            logging.info("Removed the snapshot of a dead conversion: %s", removed)
         spool = os.path.join(config.spool_dir, record.conversion_id)
         os.makedirs(config.spool_dir, mode=0o700, exist_ok=True)
         try:
             pending = snapshot(os.path.join(pathutils.EXPORT_DIR, instance), spool)
-            status.write(status.STATUS_DIR, record)
-        except BaseException:
+        except (OvfError, OSError) as err:
             shutil.rmtree(spool, ignore_errors=True)
+            status.write(status.STATUS_DIR, record.with_state(
+                status.FAILED, error="cannot snapshot the export: %s" % err))
             raise
     except (OvfError, OSError) as err:
         message = "ganeti-ovf export hook: %s" % err
@@ -475,5 +525,8 @@ def main(env: Optional[Mapping[str, str]] = None,
     logging.info("%s: queued the conversion of %s's export (%s)", record.conversion_id,
                  instance, "copied" if pending else "hard-linked")
     job = Job(record=record, config=config, spool=spool, pending=pending)
-    detach(lambda: run_job(job), keep_fds=tuple(fd for _name, fd in pending))
+    # The hook returns only once the worker has put its own pid in the
+    # record, so the record never names a dead process while work remains.
+    detach(lambda: run_job(job), keep_fds=tuple(fd for _name, fd in pending),
+           ready=lambda: claim(job))
     return 0
