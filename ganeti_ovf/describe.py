@@ -11,6 +11,7 @@ from typing import Any, Optional
 from ganeti_ovf import importer
 from ganeti_ovf import plan as plan_rules
 from ganeti_ovf.errors import OvfError
+from ganeti_ovf.manifest import verify_member
 from ganeti_ovf.model import Appliance, VirtualSystem
 from ganeti_ovf.package import Package
 
@@ -103,7 +104,9 @@ def _manifest(package: Package, appliance: Appliance, verify: bool) -> Optional[
             for system in appliance.systems:
                 for disk in system.disks:
                     members.extend(importer.disk_members(package, disk))
-            importer.verify_members(manifest, members)
+            manifest.require([member.name for member in members])
+            for member in members:
+                verify_member(manifest.entry(member.name), member)
             result["verified"] = True
         except OvfError as err:
             result["verified"] = False

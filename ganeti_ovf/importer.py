@@ -8,6 +8,7 @@ stages; each stage lives in its own module.
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -17,7 +18,7 @@ from ganeti_ovf import disks, ganeti_export, publish
 from ganeti_ovf.descriptor.reader import parse_descriptor
 from ganeti_ovf.errors import DiskError, ManifestError, PackageError
 from ganeti_ovf.ganeti_export import ExportedDisk, size_to_mib
-from ganeti_ovf.manifest import Manifest, verify_member
+from ganeti_ovf.manifest import verify_member
 from ganeti_ovf.model import Appliance, Disk, VirtualSystem
 from ganeti_ovf.package import Package
 from ganeti_ovf.plan import ImportOverrides, Plan, make_plan
@@ -112,23 +113,26 @@ def check_signature(package: Package, trust_store: Optional[str], require: bool,
 
 
 def check_manifest(package: Package, referenced: list, require: bool,
-                   feedback: Feedback) -> None:
-    """Verify the digests of the descriptor and every referenced member."""
+                   feedback: Feedback) -> list:
+    """Check the manifest lists the descriptor and every referenced member,
+    and verify the descriptor's digest now.
+
+    Returns the (entry, member) digest checks still to run for the disk
+    files: the caller runs them while the same bytes are converted (one read
+    of a cold file, the other from the page cache) and publishes nothing
+    unless they all pass.
+    """
     manifest = package.manifest()
     if manifest is None:
         if require:
             raise ManifestError("%s: the package has no manifest (required by"
                                 " --require-manifest)" % package.descriptor_name)
         feedback("WARNING: the package has no manifest: its files are not verified")
-        return
-    verify_members(manifest, [package.member(package.descriptor_name)] + referenced)
-
-
-def verify_members(manifest: Manifest, members: list) -> None:
-    """Every member must be listed in the manifest with its digest."""
-    manifest.require([member.name for member in members])
-    for member in members:
-        verify_member(manifest.entry(member.name), member)
+        return []
+    descriptor = package.member(package.descriptor_name)
+    manifest.require([descriptor.name] + [member.name for member in referenced])
+    verify_member(manifest.entry(descriptor.name), descriptor)
+    return [(manifest.entry(member.name), member) for member in referenced]
 
 
 def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
@@ -151,8 +155,9 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
         check_signature(package, request.trust_store, request.require_signature, feedback)
         converted = [disk for disk in plan.system.disks if not disk.blank]
         members = {disk.disk_id: disk_members(package, disk) for disk in converted}
-        check_manifest(package, [m for disk in converted for m in members[disk.disk_id]],
-                       request.require_manifest, feedback)
+        digest_checks = check_manifest(
+            package, [m for disk in converted for m in members[disk.disk_id]],
+            request.require_manifest, feedback)
         warnings.extend(_check_sizes(plan.system, members, request.max_disk_size))
         _check_free_space(output_dir, [m for ms in members.values() for m in ms])
         for warning in warnings:
@@ -165,8 +170,8 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
             if os.path.lexists(staging.target) and not request.force:
                 raise PackageError("%s already exists (use --force to replace it)"
                                    % staging.target)
-            exported = _convert_disks(plan.system, members, staging, feedback,
-                                      request.max_disk_size)
+            exported = _convert_verified(plan.system, members, digest_checks, staging,
+                                         feedback, request.max_disk_size)
             config = ganeti_export.build_config(plan.system, exported,
                                                 source=netutils.Hostname.GetSysName())
             with open(staging.file(ganeti_export.CONFIG_NAME), "w") as handle:
@@ -207,24 +212,45 @@ def _check_free_space(output_dir: str, members: list) -> None:
                         % (output_dir, free, needed))
 
 
-def _convert_disks(system: VirtualSystem, members: dict, staging: publish.Staging,
-                   feedback: Feedback, max_size: int) -> list:
-    exported = []
-    for index, disk in enumerate(system.disks):
-        dump = "disk%d.raw" % index
-        dest = staging.file(dump)
-        if disk.blank:
-            feedback("Creating blank disk %d (%d MiB)" % (index, size_to_mib(disk.capacity)))
-            disks.create_blank(dest, disk.capacity)
-            size = disk.capacity
-        else:
-            feedback("Converting disk %d (%s) to raw" % (index, disk.file.href))
-            result = disks.import_disk(members[disk.disk_id], disk.file.compression,
-                                       disk.capacity, dest, staging.scratch(),
-                                       max_size=max_size)
-            size = max(disk.capacity, result.virtual_size)
-        exported.append(ExportedDisk(dump=dump, size_mib=size_to_mib(size), name=disk.name))
-    return exported
+def _convert_verified(system: VirtualSystem, members: dict, digest_checks: list,
+                      staging: publish.Staging, feedback: Feedback,
+                      max_size: int) -> list:
+    """Convert every disk while the disk files' digests are computed.
+
+    Disks convert concurrently (each is a qemu-img process) up to the number
+    of processors; the digests run in their own threads (hashlib releases
+    the GIL).  Any failure, a digest mismatch included, fails the import
+    before anything is published.
+    """
+    workers = max(1, min(len(system.disks), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="digest") as hashers, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="disk") as converters:
+        digests = [hashers.submit(verify_member, entry, member)
+                   for entry, member in digest_checks]
+        conversions = [converters.submit(_convert_disk, index, disk, members, staging,
+                                         feedback, max_size)
+                       for index, disk in enumerate(system.disks)]
+        wait(digests + conversions)
+    for future in digests + conversions:
+        future.result()  # the first failure, digests first
+    return [future.result() for future in conversions]
+
+
+def _convert_disk(index: int, disk: Disk, members: dict, staging: publish.Staging,
+                  feedback: Feedback, max_size: int) -> ExportedDisk:
+    dump = "disk%d.raw" % index
+    dest = staging.file(dump)
+    if disk.blank:
+        feedback("Creating blank disk %d (%d MiB)" % (index, size_to_mib(disk.capacity)))
+        disks.create_blank(dest, disk.capacity)
+        size = disk.capacity
+    else:
+        feedback("Converting disk %d (%s) to raw" % (index, disk.file.href))
+        result = disks.import_disk(members[disk.disk_id], disk.file.compression,
+                                   disk.capacity, dest, staging.scratch(),
+                                   max_size=max_size)
+        size = max(disk.capacity, result.virtual_size)
+    return ExportedDisk(dump=dump, size_mib=size_to_mib(size), name=disk.name)
 
 
 def under_export_dir(path: str, export_dir: str) -> bool:
