@@ -133,9 +133,11 @@ class Sampler(threading.Thread):
             if pid == self.top:
                 self.top_hwm = max(self.top_hwm, memory[2])
             pending.extend((child, memory) for child in _children(pid))
-            if parent is not None and memory[:2] == parent[:2]:
+            if parent is not None and memory[0] == parent[0] \
+                    and abs(memory[1] - parent[1]) <= parent[1] // 4:
                 # Between (v)fork and exec a child shows its parent's memory,
-                # which Pss cannot split (vfork shares the very same mm).
+                # which Pss cannot split (vfork shares the very same mm); the
+                # project runs no Python children of its own.
                 continue
             rss += memory[1]
             pss += memory[3]
