@@ -14,7 +14,7 @@ what lets a thread pool use every core.
 import ctypes
 import ctypes.util
 import zlib
-from typing import Callable, Optional, Union
+from typing import Iterator, Callable, Optional, Union
 
 from ganeti_ovf.errors import OptionError
 
@@ -26,13 +26,18 @@ MAX_LEVEL = 9  # zlib's range; libdeflate accepts it too (it goes to 12)
 _LIBDEFLATE_NAMES = ("libdeflate.so.0", "libdeflate.so")
 
 
-def _load_libdeflate() -> Optional[ctypes.CDLL]:
-    """Return the libdeflate library with its prototypes declared, or None."""
-    names = list(_LIBDEFLATE_NAMES)
+def _candidate_names() -> Iterator[str]:
+    # The sonames first: find_library forks `ldconfig -p`, only needed when
+    # the library is installed under another name.
+    yield from _LIBDEFLATE_NAMES
     found = ctypes.util.find_library("deflate")
     if found:
-        names.append(found)
-    for name in names:
+        yield found
+
+
+def _load_libdeflate() -> Optional[ctypes.CDLL]:
+    """Return the libdeflate library with its prototypes declared, or None."""
+    for name in _candidate_names():
         try:
             lib = ctypes.CDLL(name)  # CDLL, not PyDLL: calls release the GIL
         except OSError:

@@ -9,6 +9,7 @@ trusted to be raw without inspection saying so.  Programs run only in qemu.py.
 """
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -184,9 +185,21 @@ def import_disk(members: Sequence[Member], compression: str, capacity: int, dest
         if max_size is not None and virtual_size > max_size:
             raise DiskError("%s: virtual size %d bytes is over the maximum of %d"
                             " (--max-disk-size)" % (member.name, virtual_size, max_size))
-        if image.format in qemu.CHECK_FORMATS:
-            qemu.check_member(member, image.format)
-        qemu.convert_to_raw(member, image.format, dest, progress, virtual_size)
+        # The consistency check (a truncated or damaged image) runs beside
+        # the conversion; a failure discards the output.
+        with ThreadPoolExecutor(max_workers=1) as checker:
+            check = None
+            if image.format in qemu.CHECK_FORMATS:
+                check = checker.submit(qemu.check_member, member, image.format)
+            try:
+                qemu.convert_to_raw(member, image.format, dest, progress, virtual_size)
+            finally:
+                if check is not None:
+                    try:
+                        check.result()
+                    except BaseException:
+                        _discard(dest)
+                        raise
     finally:
         if staged is not None:
             os.unlink(staged.path)

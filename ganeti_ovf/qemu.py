@@ -109,8 +109,9 @@ def _run(args: List[str], what: str, seconds: int = INFO_SECONDS,
          fsize: Optional[int] = None) -> Any:
     """Run qemu-img with `args` under limits; its RunResult if it succeeded."""
     try:
-        result = utils.RunCmd(_limits(seconds, fsize) + args, env=ENV,
-                              reset_env=True, timeout=seconds + 2 * KILL_GRACE)
+        # coreutils timeout (_limits) enforces the time limit: RunCmd's own
+        # timeout would poll in 1 s sleeps once the child closes its pipes.
+        result = utils.RunCmd(_limits(seconds, fsize) + args, env=ENV, reset_env=True)
     except (ganeti_errors.GenericError, OSError) as err:
         raise DiskError("%s: cannot run qemu-img: %s" % (what, err)) from None
     if result.failed:
@@ -141,7 +142,7 @@ def _run_logged(args: List[str], what: str, seconds: int, fsize: Optional[int],
         worker.start()
         last = -1.0
         while worker.is_alive():
-            worker.join(0.5)
+            worker.join(0.1)
             if progress is not None:
                 last = _report(log, last, progress)
         if "error" in outcome:
@@ -238,8 +239,7 @@ def check_member(member: Member, fmt: str) -> Dict[str, Any]:
     args = _limits(CHECK_SECONDS, None) + ["check", "--output=json", "--image-opts",
                                            image_opts(member, fmt)]
     try:
-        result = utils.RunCmd(args, env=ENV, reset_env=True,
-                              timeout=CHECK_SECONDS + 2 * KILL_GRACE)
+        result = utils.RunCmd(args, env=ENV, reset_env=True)
     except (ganeti_errors.GenericError, OSError) as err:
         raise DiskError("%s: cannot run qemu-img: %s" % (what, err)) from None
     if result.exit_code not in _CHECK_OK:
