@@ -22,6 +22,7 @@ from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import Member
 
 QEMU_IMG = "/usr/bin/qemu-img"
+SETPRIV = "/usr/bin/setpriv"
 PRLIMIT = "/usr/bin/prlimit"
 TIMEOUT = "/usr/bin/timeout"
 ENV = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -85,7 +86,11 @@ def image_opts(member: Member, fmt: str) -> str:
 
 
 def _limits(seconds: int, fsize: Optional[int]) -> List[str]:
-    cmd = [TIMEOUT, "--kill-after=%d" % KILL_GRACE, str(seconds),
+    # Both timeout and qemu-img die with their parent (setpriv --pdeathsig):
+    # a killed gnt-ovf leaves no qemu-img writing into its staging.
+    cmd = [SETPRIV, "--pdeathsig=KILL", "--",
+           TIMEOUT, "--kill-after=%d" % KILL_GRACE, str(seconds),
+           SETPRIV, "--pdeathsig=KILL", "--",
            PRLIMIT, "--as=%d" % MEMORY_LIMIT, "--cpu=%d" % seconds]
     if fsize is not None:
         cmd.append("--fsize=%d" % max(fsize, SECTOR))
