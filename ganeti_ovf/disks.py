@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
-from ganeti_ovf import diskformats, qemu
+from ganeti_ovf import diskformats, qemu, vmdkread
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import COMPRESSION_GZIP, COMPRESSION_NONE, Member
 
@@ -192,7 +192,14 @@ def import_disk(members: Sequence[Member], compression: str, capacity: int, dest
             if _needs_check(image):
                 check = checker.submit(qemu.check_member, member, image.format)
             try:
-                qemu.convert_to_raw(member, image.format, dest, progress, virtual_size)
+                if _stream_optimized(image):
+                    # qemu-img walks every grain of the virtual disk; our
+                    # reader only reads the stored ones (vmdkread.py).
+                    vmdkread.convert_stream_optimized(member, dest, virtual_size,
+                                                      progress=progress)
+                else:
+                    qemu.convert_to_raw(member, image.format, dest, progress,
+                                        virtual_size)
             finally:
                 if check is not None:
                     try:
@@ -216,6 +223,11 @@ def import_disk(members: Sequence[Member], compression: str, capacity: int, dest
                         size=size, details=dict(image.details))
 
 
+def _stream_optimized(image: diskformats.DiskImage) -> bool:
+    return (image.format == "vmdk"
+            and image.details.get("createType") == "streamOptimized")
+
+
 def _needs_check(image: diskformats.DiskImage) -> bool:
     """Whether qemu-img check must vouch for the image's completeness.
 
@@ -224,8 +236,7 @@ def _needs_check(image: diskformats.DiskImage) -> bool:
     check would only walk every grain table once more."""
     if image.format not in qemu.CHECK_FORMATS:
         return False
-    return not (image.format == "vmdk"
-                and image.details.get("createType") == "streamOptimized")
+    return not _stream_optimized(image)
 
 
 def _discard(path: str) -> None:
