@@ -62,7 +62,15 @@ def plant_secret(root: str) -> Scene:
 
 
 def qemu_img(*args: str) -> None:
-    subprocess.run(["qemu-img"] + list(args), check=True, capture_output=True)
+    # qemu-img's LUKS key set-up times a PBKDF and fails now and then on a
+    # busy machine ("Unable to get accurate CPU usage"): try again then.
+    for _ in range(10):
+        result = subprocess.run(["qemu-img"] + list(args), capture_output=True)
+        if result.returncode == 0:
+            return
+        if b"accurate CPU usage" not in result.stderr:
+            break
+    result.check_returncode()
 
 
 def guest_data(size: int = DISK_SIZE, seed: int = 1) -> bytes:
