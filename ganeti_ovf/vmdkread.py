@@ -29,37 +29,26 @@ import collections
 import concurrent.futures
 import os
 import stat
-import struct
 import sys
 import zlib
 from array import array
 from typing import Callable, Deque, Iterator, List, Optional, Tuple
 
+# The format's layout is declared once, in the writer.
+from ganeti_ovf.vmdkstream import (COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS,
+                                   GD_AT_END, GRAIN_MARKER, HEADER, MAGIC,
+                                   MARKER_EOS, MARKER_FOOTER, META_MARKER, SECTOR)
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import Member
 
-SECTOR = 512
-MAGIC = b"KDMV"
-GD_AT_END = 0xFFFFFFFFFFFFFFFF
 FLAG_ZERO_GRAIN = 1 << 2  # a grain table entry of 1 means "reads as zeros"
-FLAG_COMPRESSED = 1 << 16
-FLAG_MARKERS = 1 << 17
-COMPRESS_DEFLATE = 1
 GTE_ZEROED = 1
-MARKER_EOS = 0
-MARKER_FOOTER = 3
 MAX_GTES_PER_GT = 512  # QEMU refuses bigger grain tables
 # QEMU accepts grains up to 1 GiB; every writer uses 64 KiB.  A grain is held
 # inflated in memory (plus twice its size compressed) per task in flight, so
 # the bound keeps memory small.
 MAX_GRAIN_BYTES = 16 * 1024 ** 2
 
-# SparseExtentHeader: magic, version, flags, capacity, grainSize,
-# descriptorOffset, descriptorSize, numGTEsPerGT, rgdOffset, gdOffset,
-# overHead, uncleanShutdown, line-detection characters, compressAlgorithm.
-_HEADER = struct.Struct("<4sIIQQQQIQQQB4sH")
-_GRAIN_MARKER = struct.Struct("<QI")  # lba, compressed size; data follows
-_META_MARKER = struct.Struct("<QII")  # numSectors, size 0, type
 
 PAGE = 4096  # zero runs of this size inside a grain become holes
 META_READ = 256 * 1024  # grain directory and grain tables are read this much at once
@@ -136,17 +125,17 @@ def _footer_fields(src: _Source) -> Optional[tuple]:
     if src.size < 4 * SECTOR:
         return None
     tail = src.read(src.size - 3 * SECTOR, 3 * SECTOR, "VMDK footer")
-    _, marker_size, marker_type = _META_MARKER.unpack_from(tail, 0)
-    eos_sectors, eos_size, eos_type = _META_MARKER.unpack_from(tail, 2 * SECTOR)
+    _, marker_size, marker_type = META_MARKER.unpack_from(tail, 0)
+    eos_sectors, eos_size, eos_type = META_MARKER.unpack_from(tail, 2 * SECTOR)
     if marker_size or marker_type != MARKER_FOOTER or tail[SECTOR:SECTOR + 4] != MAGIC:
         return None
     if eos_sectors or eos_size or eos_type != MARKER_EOS:
         return None
-    return _HEADER.unpack_from(tail, SECTOR)
+    return HEADER.unpack_from(tail, SECTOR)
 
 
 def _geometry(src: _Source) -> _Geometry:
-    head = _HEADER.unpack(src.read(0, _HEADER.size, "VMDK header"))
+    head = HEADER.unpack(src.read(0, HEADER.size, "VMDK header"))
     header = _Geometry(src.name, head, src.size)
     footer = _footer_fields(src)
     if footer is None:
@@ -221,7 +210,7 @@ def _batches(src: _Source, geo: _Geometry, index: int, table: array) -> List[Lis
         if base + i >= geo.grains:
             raise DiskError("%s: VMDK grain table %d has a grain past the capacity"
                             " (grain %d of %d)" % (src.name, index, base + i, geo.grains))
-        if sector * SECTOR + _GRAIN_MARKER.size > src.size:
+        if sector * SECTOR + GRAIN_MARKER.size > src.size:
             raise DiskError("%s: VMDK grain table %d entry %d points past the end of"
                             " the file (sector %d)" % (src.name, index, i, sector))
         grains.append((sector, base + i))
@@ -246,17 +235,17 @@ class _Converter:
         self.zero_grain = bytes(geo.grain)
         self.zero_page = bytes(PAGE)
         # Compressed data may not exceed twice the grain (QEMU's bound).
-        self.max_compressed = 2 * geo.grain - _GRAIN_MARKER.size
+        self.max_compressed = 2 * geo.grain - GRAIN_MARKER.size
 
     def run(self, batch: List[_Grain]) -> None:
         name = self.src.name
         start = batch[0][0] * SECTOR
-        end = min(batch[-1][0] * SECTOR + _GRAIN_MARKER.size + self.geo.grain + SECTOR,
+        end = min(batch[-1][0] * SECTOR + GRAIN_MARKER.size + self.geo.grain + SECTOR,
                   self.src.size)
         block = self.src.read(start, end - start, "VMDK grains")
         for sector, grain in batch:
             rel = sector * SECTOR - start
-            lba, size = _GRAIN_MARKER.unpack_from(block, rel)
+            lba, size = GRAIN_MARKER.unpack_from(block, rel)
             if lba != grain * self.geo.grain_sectors:
                 raise DiskError("%s: VMDK grain marker at sector %d says LBA %d, its grain"
                                 " table entry says %d" % (name, sector, lba,
@@ -265,11 +254,11 @@ class _Converter:
                 raise DiskError("%s: VMDK grain at sector %d has compressed size %d"
                                 " (1..%d allowed)" % (name, sector, size,
                                                       self.max_compressed))
-            rel += _GRAIN_MARKER.size
+            rel += GRAIN_MARKER.size
             if rel + size <= len(block):
                 data = memoryview(block)[rel:rel + size]
             else:
-                data = memoryview(self.src.read(sector * SECTOR + _GRAIN_MARKER.size,
+                data = memoryview(self.src.read(sector * SECTOR + GRAIN_MARKER.size,
                                                 size, "VMDK grain data"))
             self._inflate_and_write(grain, sector, data)
 

@@ -68,9 +68,9 @@ MAX_OFFSET_SECTOR = 0xFFFFFFFF  # GT and GD entries are 32-bit sector numbers
 # descriptorOffset, descriptorSize, numGTEsPerGT, rgdOffset, gdOffset,
 # overHead, uncleanShutdown, the four line-detection characters,
 # compressAlgorithm; 433 bytes of zero padding follow.
-_HEADER = struct.Struct("<4sIIQQQQIQQQB4sH")
-_GRAIN_MARKER = struct.Struct("<QI")  # lba, compressed size; data follows
-_META_MARKER = struct.Struct("<QII")  # numSectors, size 0, type; padded
+HEADER = struct.Struct("<4sIIQQQQIQQQB4sH")
+GRAIN_MARKER = struct.Struct("<QI")  # lba, compressed size; data follows
+META_MARKER = struct.Struct("<QII")  # numSectors, size 0, type; padded
 
 BATCH_GRAINS = 8  # 512 KiB of input per task: small enough to bound memory
 # Each thread costs a compressor and a malloc arena; 8 threads already go
@@ -97,7 +97,7 @@ def _round_up(value: int, multiple: int) -> int:
 
 def _header(capacity_sectors: int, desc_sectors: int, overhead: int,
             gd_offset: int) -> bytes:
-    packed = _HEADER.pack(
+    packed = HEADER.pack(
         MAGIC, VERSION, FLAG_NL_DETECT | FLAG_COMPRESSED | FLAG_MARKERS,
         capacity_sectors, GRAIN_SECTORS, 1, desc_sectors, GTES_PER_GT,
         0, gd_offset, overhead, 0, b"\n \r\n", COMPRESS_DEFLATE)
@@ -105,7 +105,7 @@ def _header(capacity_sectors: int, desc_sectors: int, overhead: int,
 
 
 def _marker(num_sectors: int, marker_type: int) -> bytes:
-    return _META_MARKER.pack(num_sectors, 0, marker_type).ljust(SECTOR, b"\0")
+    return META_MARKER.pack(num_sectors, 0, marker_type).ljust(SECTOR, b"\0")
 
 
 def _descriptor(name: str, capacity_sectors: int, adapter_type: str,
@@ -406,10 +406,10 @@ def _stream(fd: int, path: str, size: int, out: BinaryIO, capacity: int,
             if buf.startswith(ZERO_GRAIN, offset):  # memcmp, no copy
                 continue
             data = compressor.compress(view[offset:offset + GRAIN])
-            stored = _GRAIN_MARKER.size + len(data)
+            stored = GRAIN_MARKER.size + len(data)
             padding = _round_up(stored, SECTOR) - stored
             grain = first + index
-            parts += (_GRAIN_MARKER.pack(grain * GRAIN_SECTORS, len(data)),
+            parts += (GRAIN_MARKER.pack(grain * GRAIN_SECTORS, len(data)),
                       data, ZERO_SECTOR[:padding])
             grains.append((grain, rel))
             rel += (stored + padding) // SECTOR

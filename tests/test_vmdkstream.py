@@ -195,7 +195,7 @@ def read_layout(path: str):
     """Header, descriptor text, footer header and end marker of a VMDK."""
     with open(path, "rb") as handle:
         head = handle.read(512)
-        header = vmdkstream._HEADER.unpack_from(head)
+        header = vmdkstream.HEADER.unpack_from(head)
         handle.seek(header[5] * 512)
         descriptor = handle.read(header[6] * 512).rstrip(b"\0").decode()
         handle.seek(-1536, os.SEEK_END)
@@ -220,7 +220,7 @@ def test_layout_matches_the_specification(tiny, tmp_path):
     assert 'ddb.geometry.heads = "16"' in descriptor
     assert "parentCID=ffffffff" in descriptor
     assert struct.unpack_from("<QII", tail) == (1, 0, 3)  # footer marker
-    footer = vmdkstream._HEADER.unpack_from(tail, 512)
+    footer = vmdkstream.HEADER.unpack_from(tail, 512)
     assert footer[:9] == header[:9] and footer[10:] == header[10:]
     assert 0 < footer[9] < os.path.getsize(vmdk) // 512  # the real gdOffset
     assert tail[1024:] == bytes(512)  # end-of-stream marker
