@@ -243,6 +243,13 @@ class _ExportReader:
         name = self.get(ins, "name")
         if not name:
             raise self.fail("[instance] name is missing")
+        compression = self.get(exp, "compression")
+        if compression is not None and compression != constants.IEC_NONE:
+            # gnt-backup export --transport-compression leaves the dumps
+            # compressed; they are not disk images until decompressed.
+            raise self.fail("[export] compression = %s: compressed disk dumps are not"
+                            " supported; export again without --transport-compression"
+                            % compression)
 
         backend = dict(self.params(constants.INISECT_BEP))
         if constants.BE_MEMORY in backend:  # the layout before Ganeti 2.6

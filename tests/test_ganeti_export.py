@@ -152,3 +152,11 @@ def test_find_config(tmp_path):
     assert ganeti_export.find_config(expected, str(export_dir)) == expected
     with pytest.raises(ConfigError, match="no such Ganeti export"):
         ganeti_export.find_config("nope", str(export_dir))
+
+
+def test_compressed_dumps_refused(tmp_path):
+    (tmp_path / "config.ini").write_text(
+        "[export]\nversion = 0\nos = noop\ncompression = gzip\n[instance]\nname = a\n"
+        "disk0_dump = d\ndisk0_size = 1\ndisk_count = 1\n")
+    with pytest.raises(ConfigError, match="compression = gzip"):
+        read_export(str(tmp_path / "config.ini"))
