@@ -14,6 +14,7 @@ the VirtualBox VDI header as qemu's block/vdi.c documents it.
 """
 
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -478,22 +479,31 @@ FORMATS: Tuple[Format, ...] = (
 )
 
 
+def open_image(member: Member) -> int:
+    """A read-only descriptor of the regular file holding `member`, whose
+    byte range must lie inside it; DiskError otherwise."""
+    try:
+        fd = os.open(member.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise DiskError("%s: cannot open %s: %s"
+                        % (member.name, member.path, err.strerror)) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or member.offset < 0 or member.size < 0 \
+            or member.offset + member.size > info.st_size:
+        os.close(fd)
+        raise DiskError("%s: byte range %d+%d lies outside %s"
+                        % (member.name, member.offset, member.size, member.path))
+    return fd
+
+
 def inspect(member: Member) -> DiskImage:
     """Identify the disk image in `member`; DiskError if it is refused.
 
     A raw image's virtual size is the member's size (qemu rounds it up to
     whole sectors).
     """
+    fd = open_image(member)
     try:
-        fd = os.open(member.path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise DiskError("%s: cannot open %s: %s"
-                        % (member.name, member.path, err.strerror)) from None
-    try:
-        if member.offset < 0 or member.size < 0 or \
-                member.offset + member.size > os.fstat(fd).st_size:
-            raise DiskError("%s: byte range %d+%d lies outside %s"
-                            % (member.name, member.offset, member.size, member.path))
         reader = _Reader(fd, member)
         matched = [fmt for fmt in FORMATS if fmt.matches(reader)]
         if len(matched) > 1:

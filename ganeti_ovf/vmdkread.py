@@ -28,7 +28,6 @@ removes the output.
 import collections
 import concurrent.futures
 import os
-import stat
 import sys
 import zlib
 from array import array
@@ -38,6 +37,7 @@ from typing import Callable, Deque, Iterator, List, Optional, Tuple
 from ganeti_ovf.vmdkstream import (COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS,
                                    GD_AT_END, GRAIN_MARKER, HEADER, MAGIC,
                                    MARKER_EOS, MARKER_FOOTER, META_MARKER, SECTOR)
+from ganeti_ovf.diskformats import open_image
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import Member
 
@@ -321,17 +321,8 @@ def convert_stream_optimized(member: Member, dest: str, virtual_size: int,
     inconsistency in the image or a read or write failure; no `dest` is left
     behind then.
     """
+    fd = open_image(member)
     try:
-        fd = os.open(member.path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise DiskError("%s: cannot open %s: %s"
-                        % (member.name, member.path, err.strerror)) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or member.offset < 0 or member.size < 0 \
-                or member.offset + member.size > info.st_size:
-            raise DiskError("%s: byte range %d+%d lies outside %s"
-                            % (member.name, member.offset, member.size, member.path))
         src = _Source(fd, member)
         geo = _geometry(src)
         if geo.capacity != virtual_size:
