@@ -10,6 +10,9 @@ DESTDIR     ?=
 PYLIBDIR    ?= $(PREFIX)/lib/python3/dist-packages
 HOOKDIR     ?= $(SYSCONFDIR)/ganeti/hooks/instance-export-post.d
 PYTEST_ARGS ?=
+# The library and its stage subpackages, installed as they are in the tree.
+PACKAGES    = ganeti_ovf ganeti_ovf/package ganeti_ovf/descriptor ganeti_ovf/disks \
+              ganeti_ovf/cluster
 
 # Debian packages the project needs to run and to be tested.
 DEB_RUNTIME = ganeti ganeti-os-noop qemu-utils python3-lxml python3-pyparsing \
@@ -40,8 +43,12 @@ check: deps
 
 test: check
 
+# ruff is not packaged in Debian 12: it comes from PyPI into a private venv.
+RUFF_VENV ?= /var/tmp/ganeti-ovf-ruff
 lint:
-	ruff check ganeti_ovf tests hooks
+	test -x $(RUFF_VENV)/bin/ruff || { python3 -m venv $(RUFF_VENV) && \
+	  $(RUFF_VENV)/bin/pip install -q ruff; }
+	$(RUFF_VENV)/bin/ruff check ganeti_ovf tests hooks bench
 
 demo: deps
 	$(PYTHON) examples/demo.py
@@ -53,9 +60,9 @@ fuzz: deps
 	GANETI_OVF_FUZZ_EXAMPLES=20000 $(PYTHON) -m pytest -q -p no:cacheprovider tests -k fuzz
 
 install:
-	install -d $(DESTDIR)$(PYLIBDIR)/ganeti_ovf/descriptor
-	install -m 0644 ganeti_ovf/*.py $(DESTDIR)$(PYLIBDIR)/ganeti_ovf/
-	install -m 0644 ganeti_ovf/descriptor/*.py $(DESTDIR)$(PYLIBDIR)/ganeti_ovf/descriptor/
+	for package in $(PACKAGES); do \
+	  install -d $(DESTDIR)$(PYLIBDIR)/$$package && \
+	  install -m 0644 $$package/*.py $(DESTDIR)$(PYLIBDIR)/$$package/ || exit 1; done
 	install -d $(DESTDIR)$(SBINDIR)
 	install -m 0755 scripts/gnt-ovf $(DESTDIR)$(SBINDIR)/gnt-ovf
 	install -d $(DESTDIR)$(MANDIR)/man8

@@ -274,7 +274,7 @@ def machine_info(workdir: str) -> Dict:
                 break
     with open("/proc/meminfo") as handle:
         memory = int(handle.readline().split()[1]) * 1024
-    from ganeti_ovf import deflate
+    from ganeti_ovf.disks import deflate
     return {"nproc": os.cpu_count(), "cpu": cpu, "memory": memory,
             "kernel": platform.release(), "python": platform.python_version(),
             "qemu_img": _command([workloads.QEMU_IMG, "--version"]),

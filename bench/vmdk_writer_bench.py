@@ -73,7 +73,7 @@ def run_timed(argv: List[str], work: str) -> Tuple[float, int]:
 
 def child_writer(source: str, target: str, threads: int, backend: str) -> None:
     sys.path.insert(0, ROOT)
-    from ganeti_ovf import vmdkstream
+    from ganeti_ovf.disks import vmdkstream
     with open(target, "wb") as out:
         vmdkstream.write_stream_optimized(source, out, threads=threads,
                                           backend=backend)
@@ -95,7 +95,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, ROOT)
-    from ganeti_ovf import deflate
+    from ganeti_ovf.disks import deflate
     backends = ["zlib"] + (["libdeflate"] if deflate.best_backend()
                            == "libdeflate" else [])
     with tempfile.TemporaryDirectory(dir=args.dir) as work:

@@ -31,7 +31,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import ganeti_ovf  # noqa: E402,F401  (puts Ganeti's library on sys.path)
-from ganeti_ovf import ganeti_export  # noqa: E402
+from ganeti_ovf.cluster import ganeti_export  # noqa: E402
 from ganeti_ovf.descriptor import versions  # noqa: E402
 from ganeti_ovf.descriptor.writer import write_descriptor  # noqa: E402
 from ganeti_ovf.model import (Appliance, Disk, FileRef, GanetiSettings, Nic,  # noqa: E402

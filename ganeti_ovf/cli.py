@@ -16,9 +16,10 @@ import sys
 from ganeti import cli, constants, errors, pathutils, utils
 from ganeti.cli import ArgFile, ArgUnknown, ToStderr, ToStdout, cli_option
 
-from ganeti_ovf import describe, exporter, importer, jobs, publish, status
+from ganeti_ovf import describe, exporter, importer, publish
+from ganeti_ovf.cluster import ganeti_export, jobs, status
 from ganeti_ovf.errors import OptionError, OvfError
-from ganeti_ovf.package import Package
+from ganeti_ovf.package.reader import Package
 from ganeti_ovf.plan import ImportOverrides
 
 EXIT_FAILURE = constants.EXIT_FAILURE
@@ -268,10 +269,10 @@ def ImportPackage(opts, args):
     result = importer.import_package(request, _feedback(opts))
     ToStdout("Instance %s written to %s", result.plan.system.name, result.directory)
     if opts.submit_import:
-        jobs.submit_import(result, opts)
+        jobs.submit_import(result.plan.system, result.directory, opts)
         ToStdout("Instance %s imported", result.plan.system.name)
         return 0
-    if importer.under_export_dir(result.directory, pathutils.EXPORT_DIR):
+    if ganeti_export.under_export_dir(result.directory, pathutils.EXPORT_DIR):
         ToStdout("Import it with: gnt-backup import -n NODE --src-node NODE"
                  " --src-dir %s %s", result.directory, result.plan.system.name)
     else:

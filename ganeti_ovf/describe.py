@@ -11,9 +11,9 @@ from typing import Any, Optional
 from ganeti_ovf import importer
 from ganeti_ovf import plan as plan_rules
 from ganeti_ovf.errors import OvfError
-from ganeti_ovf.manifest import verify_member
+from ganeti_ovf.package.manifest import verify_member
 from ganeti_ovf.model import Appliance, VirtualSystem
-from ganeti_ovf.package import Package
+from ganeti_ovf.package.reader import Package
 
 SCHEMA_VERSION = 1
 

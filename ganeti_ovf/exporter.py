@@ -4,7 +4,7 @@ config.ini → model → disk files (written once, hashed as they are written)
 → descriptor → manifest → publish.  The stages run backwards from import and
 use the same modules.  An OVF folder is built in a staging directory and
 renamed into place; an OVA is written straight into its final file under a
-staging name (see ova_writer.py for how the descriptor can come first).
+staging name (see package/ova_writer.py for how the descriptor can come first).
 """
 
 import dataclasses
@@ -15,19 +15,22 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional, Tuple
 
-from ganeti_ovf import ganeti_export, manifest, plan, publish, qemu, signature, vmdkstream
+from ganeti_ovf.cluster import ganeti_export
+from ganeti_ovf.package import manifest, signature
+from ganeti_ovf import plan, publish
+from ganeti_ovf.disks import qemu, vmdkstream
 from ganeti_ovf.descriptor import versions
 from ganeti_ovf.descriptor.writer import write_descriptor
 from ganeti_ovf.errors import OptionError
 from ganeti_ovf.model import (COMPRESSION_GZIP, COMPRESSION_NONE, Appliance, Disk,
                               FileRef)
-from ganeti_ovf.ova_writer import MemberWriter, OvaWriter
+from ganeti_ovf.package.ova_writer import MemberWriter, OvaWriter
 
 Feedback = Callable[[str], None]
-FORMATS = ("raw", "qcow2", "vmdk")
+FORMATS = qemu.WRITE_FORMATS
 FORMAT_ALIASES = {"cow": "qcow2"}  # the design document's name for qcow2
 EXTENSIONS = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk"}
-MANIFEST_ALGORITHMS = ("sha1", "sha256", "sha512")
+MANIFEST_ALGORITHMS = tuple(manifest.CANONICAL)  # hashlib names
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
 _SIZE_UNITS = {unit: 1024 ** power for power, units in
                ((2, ("", "m", "mb", "mib")), (3, ("g", "gb", "gib")), (4, ("t", "tb", "tib")))

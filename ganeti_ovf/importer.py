@@ -14,15 +14,17 @@ from typing import Callable, Optional
 
 from ganeti import netutils
 
-from ganeti_ovf import disks, ganeti_export, publish
+from ganeti_ovf.disks import convert
+from ganeti_ovf.cluster import ganeti_export
+from ganeti_ovf import publish
 from ganeti_ovf.descriptor.reader import parse_descriptor
 from ganeti_ovf.errors import DiskError, ManifestError, PackageError
-from ganeti_ovf.ganeti_export import ExportedDisk, size_to_mib
-from ganeti_ovf.manifest import verify_member
+from ganeti_ovf.cluster.ganeti_export import ExportedDisk, size_to_mib
+from ganeti_ovf.package.manifest import verify_member
 from ganeti_ovf.model import Appliance, Disk, VirtualSystem
-from ganeti_ovf.package import Package
+from ganeti_ovf.package.reader import Package
 from ganeti_ovf.plan import ImportOverrides, Plan, make_plan
-from ganeti_ovf.signature import SignatureError, SignatureInfo, verify_certificate
+from ganeti_ovf.package.signature import SignatureError, SignatureInfo, verify_certificate
 
 Feedback = Callable[[str], None]
 # The largest virtual disk imported unless --max-disk-size says otherwise.
@@ -242,19 +244,12 @@ def _convert_disk(index: int, disk: Disk, members: dict, staging: publish.Stagin
     dest = staging.file(dump)
     if disk.blank:
         feedback("Creating blank disk %d (%d MiB)" % (index, size_to_mib(disk.capacity)))
-        disks.create_blank(dest, disk.capacity)
+        convert.create_blank(dest, disk.capacity)
         size = disk.capacity
     else:
         feedback("Converting disk %d (%s) to raw" % (index, disk.file.href))
-        result = disks.import_disk(members[disk.disk_id], disk.file.compression,
+        result = convert.import_disk(members[disk.disk_id], disk.file.compression,
                                    disk.capacity, dest, staging.scratch(),
                                    max_size=max_size)
         size = max(disk.capacity, result.virtual_size)
     return ExportedDisk(dump=dump, size_mib=size_to_mib(size), name=disk.name)
-
-
-def under_export_dir(path: str, export_dir: str) -> bool:
-    """Whether `path` is inside Ganeti's export directory."""
-    path = os.path.realpath(path)
-    export_dir = os.path.realpath(export_dir)
-    return os.path.commonpath([path, export_dir]) == export_dir

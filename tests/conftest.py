@@ -9,6 +9,9 @@ if ROOT not in sys.path:
 
 import ganeti_ovf  # noqa: E402,F401  (puts Ganeti's library on sys.path)
 
+# Test helpers (fixture builders, the namespaced cluster) live in support/.
+sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
+
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 CORPUS = os.path.join(SHARED, "corpus")
 SCHEMAS = os.path.join(SHARED, "schemas")
@@ -19,4 +22,4 @@ def pytest_configure(config):
                             " (deselect with -m 'not slow')")
 
 
-from cluster import ganeti_cluster  # noqa: E402,F401  (session fixture for end-to-end tests)
+from nscluster import ganeti_cluster  # noqa: E402,F401  (session fixture for end-to-end tests)

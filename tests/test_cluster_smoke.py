@@ -1,4 +1,4 @@
-"""Smoke test of the cluster harness (tests/cluster.py).
+"""Smoke test of the cluster harness (tests/support/nscluster.py).
 
 One real Ganeti 3.0 round trip (add, write known bytes, export, import,
 compare disks by sha256) on a cluster of its own, then a check that stop()
@@ -15,7 +15,7 @@ import socket
 import subprocess
 
 import pytest
-from cluster import EXPORT_DIR, PRIVATE_MOUNTS, Cluster
+from nscluster import EXPORT_DIR, PRIVATE_MOUNTS, Cluster
 
 SOURCE = "inst1.example.com"
 COPY = "inst2.example.com"

@@ -19,7 +19,8 @@ from lxml import etree
 from ovfschema import validate_ovf10
 from packaging import MIB, make_raw, run_gnt_ovf, sha256_file
 
-from ganeti_ovf import exporter, qemu
+from ganeti_ovf import exporter
+from ganeti_ovf.disks import qemu
 from ganeti_ovf.descriptor import versions
 from ganeti_ovf.descriptor.reader import parse_descriptor
 from ganeti_ovf.errors import OvfError

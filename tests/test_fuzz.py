@@ -24,11 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from ganeti_ovf import diskformats, ganeti_export, tarreader
+from ganeti_ovf.disks import formats
+from ganeti_ovf.cluster import ganeti_export
+from ganeti_ovf.package import tarreader
 from ganeti_ovf.descriptor import units, versions
 from ganeti_ovf.descriptor.reader import parse_descriptor
 from ganeti_ovf.errors import OvfError
-from ganeti_ovf.manifest import parse_manifest
+from ganeti_ovf.package.manifest import parse_manifest
 from ganeti_ovf.model import Disk, FileRef, GanetiSettings, Member, Nic, VirtualSystem
 
 EXAMPLES = int(os.environ.get("GANETI_OVF_FUZZ_EXAMPLES", "250"))
@@ -305,7 +307,7 @@ def test_fuzz_disk_inspect(scratch):
         else:
             data = mutate(seed, edits)
         path = write(scratch, "disk.img", bytes(offset) + data)
-        found = refused_or_parsed(diskformats.inspect,
+        found = refused_or_parsed(formats.inspect,
                                   Member("disk.img", path, offset, len(data)))
         if found is not None:
             assert found.format in ("raw", "qcow2", "vmdk", "vpc", "vdi")

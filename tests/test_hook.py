@@ -1,6 +1,7 @@
-"""The export hook (ganeti_ovf/hook.py) and its status files (status.py).
+"""The export hook's runner (ganeti_ovf/hook.py) and its status files
+(cluster/status.py).
 
-Decisions and configuration are tested as functions; the worker runs
+The configuration and decisions are in cluster/test_hook_config.py; the worker runs
 synchronously on an export made by gnt-ovf import; the detached start runs
 in a subprocess; and on the real cluster `gnt-backup export` must leave an
 OVA that imports back into an instance with the same disk bytes, while a
@@ -14,11 +15,12 @@ import sys
 import time
 
 import pytest
-from cluster import ROOT
+from nscluster import ROOT
 from packaging import MIB, build_package, run_gnt_ovf, sha256_file
 
-from ganeti_ovf import hook, status
-from ganeti_ovf.hook import HookConfig, HookError, HookEvent
+from ganeti_ovf import hook
+from ganeti_ovf.cluster import hook_config, status
+from ganeti_ovf.cluster.hook_config import HookConfig, HookError, HookEvent
 
 THIS = "node1.example.com"
 EXPORT_ENV = {
@@ -34,14 +36,6 @@ def event(**changes):
     return HookEvent.from_env(env)
 
 
-# ------------------------------------------------------------ decisions
-
-
-def test_acts_on_the_export_node_after_an_export():
-    assert hook.skip_reason(event(), THIS) is None
-    assert hook.skip_reason(event(), "node1") is None  # short host name
-
-
 @pytest.mark.parametrize("changes", [
     {"GANETI_EXPORT_NODE": "node2.example.com"},
     {"GANETI_HOOKS_PHASE": "pre"},
@@ -50,68 +44,13 @@ def test_acts_on_the_export_node_after_an_export():
     {"GANETI_EXPORT_NODE": ""},
 ], ids=["other-node", "pre-phase", "other-opcode", "remote", "no-node"])
 def test_no_op_outside_a_local_export_here(changes, tmp_path, monkeypatch):
-    assert hook.skip_reason(event(**changes), THIS) is not None
+    assert hook_config.skip_reason(event(**changes), THIS) is not None
     # main() returns before reading anything: not even a broken config.
     config = tmp_path / "ovf-export.conf"
     config.write_text("not an ini file")
     env = dict(EXPORT_ENV, **changes, GANETI_OVF_EXPORT_CONF=str(config))
     monkeypatch.setattr(hook, "setup_logging", lambda: pytest.fail("logging set up"))
     assert hook.main(env, this_node=THIS) == 0
-
-
-def test_disabled_and_tag_filter():
-    assert hook.config_skip_reason(event(), HookConfig()) == "the hook is not enabled"
-    enabled = HookConfig(enabled=True)
-    assert hook.config_skip_reason(event(), enabled) is None
-    tagged = HookConfig(enabled=True, tags=("ovf-export", "other"))
-    assert hook.config_skip_reason(event(), tagged) is None
-    assert "none of the tags" in hook.config_skip_reason(
-        event(GANETI_INSTANCE_TAGS="web"), tagged)
-    assert hook.config_skip_reason(event(GANETI_INSTANCE_TAGS=""), tagged) is not None
-
-
-def test_missing_config_means_disabled(tmp_path):
-    assert hook.load_config(str(tmp_path / "absent")) == HookConfig()
-
-
-def test_config_parsed():
-    config = hook.parse_config(
-        "[ovf-export]\nenabled = yes\ntags = a, b c\nformat = qcow2\nova = no\n"
-        "compress = yes\nexternal = on\nmanifest = none\novf_version = 2.0\n"
-        "output_dir = /srv/ovf\nspool_dir = /var/lib/ganeti/spool\nkeep = 3\n",
-        "test.conf", "/var/lib/ganeti/export")
-    assert config == HookConfig(
-        enabled=True, tags=("a", "b", "c"), disk_format="qcow2", ova=False,
-        compress=True, external=True, manifest_algorithm=None, ovf_version="2.0",
-        output_dir="/srv/ovf", spool_dir="/var/lib/ganeti/spool", keep=3)
-
-
-@pytest.mark.parametrize("text, message", [
-    ("output_dir = /var/lib/ganeti/export/ovf", "output_dir = /var/lib/ganeti/export/ovf is"
-     " inside Ganeti's export directory"),
-    ("output_dir = /var/lib/ganeti/export", "inside Ganeti's export directory"),
-    ("spool_dir = /var/lib/ganeti/export/x", "spool_dir = /var/lib/ganeti/export/x is inside"),
-    ("output_dir = relative", "output_dir = 'relative' is not an absolute path"),
-    ("ova = maybe", "ova = 'maybe' is not yes or no"),
-    ("format = vdi", "format = 'vdi' is not one of"),
-    ("manifest = md5", "manifest = 'md5' is not one of"),
-    ("keep = -1", "keep = '-1' is not a number"),
-    ("keep = many", "keep = 'many' is not a number"),
-    ("colour = blue", "unknown key colour"),
-], ids=["output-in-export", "output-is-export", "spool-in-export", "relative", "bool",
-        "format", "manifest", "keep-negative", "keep-text", "unknown"])
-def test_bad_config_refused(text, message):
-    with pytest.raises(HookError) as err:
-        hook.parse_config("[ovf-export]\nenabled = yes\n" + text + "\n", "test.conf",
-                          "/var/lib/ganeti/export")
-    assert str(err.value).startswith("test.conf: ")
-    assert message in str(err.value)
-    assert "\n" not in str(err.value)
-
-
-def test_config_without_section_refused():
-    with pytest.raises(HookError, match=r"no \[ovf-export\] section"):
-        hook.parse_config("[other]\n", "test.conf")
 
 
 def test_refused_config_fails_the_hook_with_one_line(tmp_path, monkeypatch, capsys):

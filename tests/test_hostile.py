@@ -1,4 +1,4 @@
-"""gnt-ovf import against hostile packages (tests/hostile.py): every one is
+"""gnt-ovf import against hostile packages (tests/support/hostile.py): every one is
 refused with one clear line, touches nothing outside the output directory,
 leaves nothing in it, and never lets the planted host secret out.  Good
 controls and signed packages must import with identical guest bytes."""

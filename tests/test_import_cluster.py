@@ -12,7 +12,7 @@ appliance's bytes.
 import os
 
 import pytest
-from cluster import EXPORT_DIR
+from nscluster import EXPORT_DIR
 from packaging import MIB, build_package, sha256_file
 
 

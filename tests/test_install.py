@@ -20,6 +20,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = "/usr/bin/python3"
 PYLIB = os.path.join("usr", "lib", "python3", "dist-packages")
+# The library's packages in the checkout: the top one and each stage's.
+PACKAGES = sorted(os.path.relpath(directory, ROOT)
+                  for directory, _dirs, names in os.walk(os.path.join(ROOT, "ganeti_ovf"))
+                  if "__init__.py" in names)
 HOOK_SOURCE = os.path.join("hooks", "ovf-export")
 HOOK_CONF_SOURCE = os.path.join("hooks", "ovf-export.conf")
 HOOK_TARGET = os.path.join("etc", "ganeti", "hooks", "instance-export-post.d",
@@ -40,7 +44,7 @@ def expected_files() -> Dict[str, str]:
     files = {os.path.join("usr", "sbin", "gnt-ovf"): os.path.join("scripts", "gnt-ovf"),
              os.path.join("usr", "share", "man", "man8", "gnt-ovf.8"):
                  os.path.join("man", "gnt-ovf.8")}
-    for package in ("ganeti_ovf", os.path.join("ganeti_ovf", "descriptor")):
+    for package in PACKAGES:
         for name in sorted(os.listdir(os.path.join(ROOT, package))):
             if name.endswith(".py"):
                 files[os.path.join(PYLIB, package, name)] = os.path.join(package, name)
@@ -93,10 +97,11 @@ def test_installed_modes(destdir):
         assert mode == (0o755 if executable else 0o644), installed
 
 
-def test_installed_tree_holds_the_descriptor_package(destdir):
-    descriptor = os.path.join(destdir, PYLIB, "ganeti_ovf", "descriptor")
-    assert os.path.isfile(os.path.join(descriptor, "__init__.py"))
-    assert os.path.isfile(os.path.join(descriptor, "reader.py"))
+def test_installed_tree_holds_every_stage_package(destdir):
+    # A stage added later cannot be forgotten by the Makefile.
+    assert len(PACKAGES) >= 5
+    for package in PACKAGES:
+        assert os.path.isfile(os.path.join(destdir, PYLIB, package, "__init__.py")), package
 
 
 def _installed_env(destdir: str) -> Dict[str, str]:

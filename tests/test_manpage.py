@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ganeti_ovf import cli
-from ganeti_ovf.signature import sign_manifest
+from ganeti_ovf.package.signature import sign_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANPAGE = os.path.join(ROOT, "man", "gnt-ovf.8")

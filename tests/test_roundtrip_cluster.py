@@ -1,4 +1,4 @@
-"""Round trip through a real Ganeti 3.0 cluster (tests/cluster.py):
+"""Round trip through a real Ganeti 3.0 cluster (tests/support/nscluster.py):
 gnt-backup export → gnt-ovf export → gnt-ovf import → gnt-backup import,
 for each output variant; the new instance must hold the same disk bytes and
 the same settings as the original.
@@ -17,7 +17,7 @@ import os
 import shutil
 
 import pytest
-from cluster import EXPORT_DIR
+from nscluster import EXPORT_DIR
 
 SOURCE = "rt-src.example.com"
 MIB = 1024 * 1024

@@ -11,7 +11,7 @@ import zlib
 import pytest
 from conftest import CORPUS
 
-from ganeti_ovf import disks
+from ganeti_ovf.disks import convert
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import COMPRESSION_GZIP, COMPRESSION_NONE, Member
 
@@ -96,7 +96,7 @@ def fixture_staging(tmp_path):
 def test_gzip_streams_into_a_private_file(tmp_path, staging):
     data = os.urandom(3 * MIB) + bytes(4 * MIB) + b"end"
     (tmp_path / "d.gz").write_bytes(gzip.compress(data))
-    member = disks.materialize([whole(tmp_path / "d.gz")], COMPRESSION_GZIP, str(staging),
+    member = convert.materialize([whole(tmp_path / "d.gz")], COMPRESSION_GZIP, str(staging),
                                limit=len(data))
     assert os.path.dirname(member.path) == str(staging)
     assert (member.offset, member.size) == (0, len(data))
@@ -113,7 +113,7 @@ def test_gzip_chunked_and_multi_member(tmp_path, staging):
     for index, part in enumerate(parts):
         (tmp_path / ("c%d" % index)).write_bytes(part)
     members = in_tar(tmp_path, *(tmp_path / ("c%d" % i) for i in range(3)))
-    member = disks.materialize(members, COMPRESSION_GZIP, str(staging), limit=MIB)
+    member = convert.materialize(members, COMPRESSION_GZIP, str(staging), limit=MIB)
     with open(member.path, "rb") as handle:
         assert handle.read() == data
 
@@ -123,7 +123,7 @@ def test_chunks_joined_in_order(tmp_path, staging):
     for index, chunk in enumerate(chunks):
         (tmp_path / ("c%d" % index)).write_bytes(chunk)
     members = in_tar(tmp_path, *(tmp_path / ("c%d" % i) for i in range(3)))
-    member = disks.materialize(members, COMPRESSION_NONE, str(staging), limit=2 * MIB)
+    member = convert.materialize(members, COMPRESSION_NONE, str(staging), limit=2 * MIB)
     with open(member.path, "rb") as handle:
         assert handle.read() == b"".join(chunks)
 
@@ -139,18 +139,18 @@ def test_chunks_joined_in_order(tmp_path, staging):
 def test_gzip_refusals_leave_nothing(tmp_path, staging, payload, limit, message):
     (tmp_path / "d.gz").write_bytes(payload)
     with pytest.raises(DiskError, match=message):
-        disks.materialize([whole(tmp_path / "d.gz")], COMPRESSION_GZIP, str(staging), limit)
+        convert.materialize([whole(tmp_path / "d.gz")], COMPRESSION_GZIP, str(staging), limit)
     assert os.listdir(staging) == []
 
 
 def test_identity_over_limit_and_unknown_compression(tmp_path, staging):
     (tmp_path / "d").write_bytes(bytes(2000))
     with pytest.raises(DiskError, match="beyond the limit"):
-        disks.materialize([whole(tmp_path / "d")], COMPRESSION_NONE, str(staging), 1000)
+        convert.materialize([whole(tmp_path / "d")], COMPRESSION_NONE, str(staging), 1000)
     with pytest.raises(DiskError, match="unsupported compression 'bzip2'"):
-        disks.materialize([whole(tmp_path / "d")], "bzip2", str(staging), 5000)
+        convert.materialize([whole(tmp_path / "d")], "bzip2", str(staging), 5000)
     with pytest.raises(DiskError, match="ends 100 bytes early"):
-        disks.materialize([Member("d", str(tmp_path / "d"), 100, 2000)], COMPRESSION_NONE,
+        convert.materialize([Member("d", str(tmp_path / "d"), 100, 2000)], COMPRESSION_NONE,
                           str(staging), 5000)
     assert os.listdir(staging) == []
 
@@ -168,7 +168,7 @@ def test_import_from_a_tar_member(tmp_path, staging, fmt, options):
     qemu_img("convert", "-f", "raw", "-O", fmt, *options, str(raw), str(image))
     member, = in_tar(tmp_path, image)
     dest = tmp_path / "disk0"
-    done = disks.import_disk([member], COMPRESSION_NONE, 8 * MIB, str(dest), str(staging))
+    done = convert.import_disk([member], COMPRESSION_NONE, 8 * MIB, str(dest), str(staging))
     assert done.format == fmt
     assert content_digest(dest) == content_digest(plain_raw(tmp_path, image, fmt))
     assert done.size == os.path.getsize(dest) >= 8 * MIB
@@ -186,7 +186,7 @@ def test_import_gzip_chunked_qcow2(tmp_path, staging):
     (tmp_path / "b").write_bytes(packed[half:])
     members = in_tar(tmp_path, tmp_path / "a", tmp_path / "b")
     dest = tmp_path / "disk0"
-    done = disks.import_disk(members, COMPRESSION_GZIP, 8 * MIB, str(dest), str(staging))
+    done = convert.import_disk(members, COMPRESSION_GZIP, 8 * MIB, str(dest), str(staging))
     assert done.format == "qcow2"
     assert content_digest(dest) == content_digest(raw)
     assert os.listdir(staging) == []
@@ -196,11 +196,11 @@ def test_import_extends_to_capacity_and_never_cuts(tmp_path, staging):
     raw = tmp_path / "src.raw"
     patterned_raw(raw)
     dest = tmp_path / "big"
-    done = disks.import_disk([whole(raw)], COMPRESSION_NONE, GIB, str(dest), str(staging))
+    done = convert.import_disk([whole(raw)], COMPRESSION_NONE, GIB, str(dest), str(staging))
     assert (done.virtual_size, done.size, os.path.getsize(dest)) == (8 * MIB, GIB, GIB)
     assert os.stat(dest).st_blocks * 512 < 2 * MIB
     small = tmp_path / "small"
-    done = disks.import_disk([whole(raw)], COMPRESSION_NONE, MIB, str(small), str(staging))
+    done = convert.import_disk([whole(raw)], COMPRESSION_NONE, MIB, str(small), str(staging))
     assert done.size == os.path.getsize(small) == 8 * MIB
     assert content_digest(small) == content_digest(raw)
 
@@ -209,7 +209,7 @@ def test_import_empty_image_stays_sparse(tmp_path, staging):
     image = tmp_path / "empty.qcow2"
     qemu_img("create", "-f", "qcow2", str(image), "1G")
     dest = tmp_path / "disk0"
-    disks.import_disk([whole(image)], COMPRESSION_NONE, GIB, str(dest), str(staging))
+    convert.import_disk([whole(image)], COMPRESSION_NONE, GIB, str(dest), str(staging))
     assert os.path.getsize(dest) == GIB
     assert os.stat(dest).st_blocks * 512 <= MIB
 
@@ -221,7 +221,7 @@ def test_import_refusal_leaves_nothing(tmp_path, staging):
     (tmp_path / "top.gz").write_bytes(gzip.compress(top.read_bytes()))
     dest = tmp_path / "disk0"
     with pytest.raises(DiskError, match="backing file set"):
-        disks.import_disk([whole(tmp_path / "top.gz")], COMPRESSION_GZIP, 4 * MIB,
+        convert.import_disk([whole(tmp_path / "top.gz")], COMPRESSION_GZIP, 4 * MIB,
                           str(dest), str(staging))
     assert not dest.exists() and os.listdir(staging) == []
 
@@ -229,7 +229,7 @@ def test_import_refusal_leaves_nothing(tmp_path, staging):
 def test_import_gzip_bomb_bounded_by_capacity(tmp_path, staging):
     (tmp_path / "bomb.gz").write_bytes(gzip.compress(bytes(100 * MIB), 1))
     with pytest.raises(DiskError, match="beyond the limit"):
-        disks.import_disk([whole(tmp_path / "bomb.gz")], COMPRESSION_GZIP, MIB,
+        convert.import_disk([whole(tmp_path / "bomb.gz")], COMPRESSION_GZIP, MIB,
                           str(tmp_path / "disk0"), str(staging))
     assert os.listdir(staging) == []
 
@@ -245,7 +245,7 @@ def test_import_gzip_bomb_bounded_by_capacity(tmp_path, staging):
 def test_import_corpus(tmp_path, staging, name, fmt, size):
     source = os.path.join(CORPUS, name)
     dest = tmp_path / "disk0"
-    done = disks.import_disk([whole(source)], COMPRESSION_NONE, 0, str(dest), str(staging))
+    done = convert.import_disk([whole(source)], COMPRESSION_NONE, 0, str(dest), str(staging))
     assert (done.format, done.virtual_size, done.size) == (fmt, size, size)
     assert content_digest(dest) == content_digest(plain_raw(tmp_path, source, fmt))
     assert os.stat(dest).st_blocks * 512 <= max(64 * MIB, size // 8)
@@ -256,7 +256,7 @@ def test_import_corpus_gzip_vmdk(tmp_path, staging):
     unpacked = tmp_path / "compr_disk.vmdk"
     unpacked.write_bytes(zlib.decompress(open(source, "rb").read(), 16 + zlib.MAX_WBITS))
     dest = tmp_path / "disk0"
-    done = disks.import_disk([whole(source)], COMPRESSION_GZIP, MIB, str(dest), str(staging))
+    done = convert.import_disk([whole(source)], COMPRESSION_GZIP, MIB, str(dest), str(staging))
     assert (done.format, done.size) == ("vmdk", MIB)
     expected = shutil.copy(plain_raw(tmp_path, unpacked, "vmdk"), tmp_path / "expected")
     os.truncate(expected, MIB)
@@ -266,10 +266,10 @@ def test_import_corpus_gzip_vmdk(tmp_path, staging):
 # --- blank -----------------------------------------------------------------
 def test_create_blank(tmp_path):
     dest = tmp_path / "blank"
-    disks.create_blank(str(dest), 10 * GIB)
+    convert.create_blank(str(dest), 10 * GIB)
     stat = os.stat(dest)
     assert (stat.st_size, stat.st_blocks, stat.st_mode & 0o777) == (10 * GIB, 0, 0o600)
     with pytest.raises(DiskError, match="cannot create"):
-        disks.create_blank(str(dest), 1)
+        convert.create_blank(str(dest), 1)
     with pytest.raises(DiskError, match="negative"):
-        disks.create_blank(str(tmp_path / "neg"), -1)
+        convert.create_blank(str(tmp_path / "neg"), -1)

@@ -2,7 +2,7 @@
 
 This module owns the order of the steps and the files in between: a gzip or
 chunked file is first materialised (streamed, bounded) into a private staging
-file; then the image is inspected in Python (diskformats), opened by qemu-img
+file; then the image is inspected in Python (formats.py), opened by qemu-img
 info with the format found, cross-checked (qcow2 also by qemu-img check, which
 finds a truncated image), and converted to raw.  Nothing is
 trusted to be raw without inspection saying so.  Programs run only in qemu.py.
@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
-from ganeti_ovf import diskformats, qemu, vmdkread
+from ganeti_ovf.disks import formats, qemu, vmdkread
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import COMPRESSION_GZIP, COMPRESSION_NONE, Member
 
@@ -179,7 +179,7 @@ def import_disk(members: Sequence[Member], compression: str, capacity: int, dest
         staged = materialize(members, compression, staging_dir, limit)
         member = staged
     try:
-        image = diskformats.inspect(member)
+        image = formats.inspect(member)
         described = qemu.info(member, image.format, expected_size=image.virtual_size)
         virtual_size = described["virtual-size"]
         if max_size is not None and virtual_size > max_size:
@@ -223,12 +223,12 @@ def import_disk(members: Sequence[Member], compression: str, capacity: int, dest
                         size=size, details=dict(image.details))
 
 
-def _stream_optimized(image: diskformats.DiskImage) -> bool:
+def _stream_optimized(image: formats.DiskImage) -> bool:
     return (image.format == "vmdk"
             and image.details.get("createType") == "streamOptimized")
 
 
-def _needs_check(image: diskformats.DiskImage) -> bool:
+def _needs_check(image: formats.DiskImage) -> bool:
     """Whether qemu-img check must vouch for the image's completeness.
 
     A streamOptimized VMDK ends in a footer and an end-of-stream marker that

@@ -997,7 +997,7 @@ def make_leaf(base: str, ca: Identity, subject: str) -> Identity:
 
 def sign_package(manifest: str, cert_path: str, signer: Identity) -> None:
     """Write the .cert signing `manifest` (ganeti_ovf.signature.sign_manifest)."""
-    from ganeti_ovf.signature import sign_manifest
+    from ganeti_ovf.package.signature import sign_manifest
     with open(manifest, "rb") as handle:
         data = handle.read()
     with open(cert_path, "wb") as handle:

@@ -6,7 +6,7 @@ import tarfile
 import pytest
 
 from ganeti_ovf.errors import PublishError
-from ganeti_ovf.ova_writer import OvaWriter, ustar_header
+from ganeti_ovf.package.ova_writer import OvaWriter, ustar_header
 
 
 def test_members_in_order_with_digests(tmp_path):

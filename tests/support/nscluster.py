@@ -2,13 +2,13 @@
 
 This module owns the test harness: `Cluster` (start, run commands inside,
 map paths, stop) with instance helpers, and the session-scoped pytest fixture
-`ganeti_cluster`.  The namespace set-up itself is `tests/cluster/inner.sh`.
+`ganeti_cluster`.  The namespace set-up itself is `tests/support/nscluster_inner.sh`.
 
 How it works
 ------------
 `start()` prepares a host state directory (``/var/tmp/ganeti-ovf-cluster-*``)
 and launches ``unshare --mount --uts --net --pid --fork --mount-proc
---kill-child tests/cluster/inner.sh STATE``.  The inner script becomes pid 1
+--kill-child tests/support/nscluster_inner.sh STATE``.  The inner script becomes pid 1
 of the new pid namespace, bind-mounts the private directories listed in
 `PRIVATE_MOUNTS`, sets the host name, puts /32 addresses on ``lo`` and waits.
 `run()` executes commands through ``nsenter --target PID --mount --uts --net
@@ -58,9 +58,11 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import fcntl
 import os
 import shutil
 import signal
+import sys
 import subprocess
 import tempfile
 import time
@@ -68,8 +70,9 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INNER_SCRIPT = os.path.join(ROOT, "tests", "cluster", "inner.sh")
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+INNER_SCRIPT = os.path.join(HERE, "nscluster_inner.sh")
 
 NODE = "node1.example.com"
 NODE_IP = "192.0.2.1"
@@ -139,6 +142,33 @@ def _remove_orphans(base_dir: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+# One process at a time may run clusters on this host (they share host
+# paths): the first Cluster started in a process takes this lock, the last
+# one stopped releases it; another test run waits here meanwhile.
+HOST_LOCK = "/var/tmp/ganeti-ovf-cluster.lock"
+_host_lock = {"fd": None, "users": 0}
+
+
+def _acquire_host_lock() -> None:
+    if _host_lock["users"] == 0:
+        fd = os.open(HOST_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("cluster harness: waiting for another test run's cluster"
+                  " (%s)" % HOST_LOCK, file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _host_lock["fd"] = fd
+    _host_lock["users"] += 1
+
+
+def _release_host_lock() -> None:
+    _host_lock["users"] -= 1
+    if _host_lock["users"] == 0:
+        os.close(_host_lock["fd"])  # closing the descriptor drops the flock
+        _host_lock["fd"] = None
+
+
 def _die_with_parent() -> None:
     """Runs in the forked child: SIGKILL it if the test process dies."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -154,6 +184,7 @@ class Cluster:
         self.init_pid: int | None = None  # host pid of the namespace's pid 1
         self.pid_ns: int | None = None    # inode of that pid namespace
         self._unshare: subprocess.Popen[bytes] | None = None
+        self._locked = False
 
     # Lifecycle
 
@@ -161,6 +192,8 @@ class Cluster:
         """Create the namespaces and run `gnt-cluster init` inside them."""
         if os.geteuid() != 0:
             raise ClusterError("cluster harness: must run as root")
+        _acquire_host_lock()
+        self._locked = True
         _remove_orphans(self.base_dir)
         self.state_dir = tempfile.mkdtemp(prefix=STATE_PREFIX,
                                           dir=self.base_dir)
@@ -251,6 +284,9 @@ class Cluster:
             # Host view: no bind mounts here, so this deletes only our files.
             shutil.rmtree(self.state_dir, ignore_errors=True)
             self.state_dir = None
+        if self._locked:
+            self._locked = False
+            _release_host_lock()
 
     def namespace_pids(self) -> list[int]:
         """Host pids of the processes still in this cluster's pid namespace."""

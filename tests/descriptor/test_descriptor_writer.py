@@ -1,7 +1,7 @@
 """Tests of ganeti_ovf.descriptor.writer: schema validity and meaning.
 
 Every OVF 1.0 descriptor written here is validated against the DMTF schema
-(tests/ovfschema.py); XPath checks then assert what the schema cannot: item
+(tests/support/ovfschema.py); XPath checks then assert what the schema cannot: item
 order, unique InstanceIDs, references between sections, file sizes of real
 files built with qemu-img.
 """

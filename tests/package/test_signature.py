@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from ganeti_ovf.errors import ManifestError
-from ganeti_ovf.signature import (
+from ganeti_ovf.package.signature import (
     SignatureError,
     load_trust_store,
     parse_certificate_file,

@@ -34,10 +34,10 @@ from array import array
 from typing import Callable, Deque, Iterator, List, Optional, Tuple
 
 # The format's layout is declared once, in the writer.
-from ganeti_ovf.vmdkstream import (COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS,
+from ganeti_ovf.disks.vmdkstream import (COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS,
                                    GD_AT_END, GRAIN_MARKER, HEADER, MAGIC,
                                    MARKER_EOS, MARKER_FOOTER, META_MARKER, SECTOR)
-from ganeti_ovf.diskformats import open_image
+from ganeti_ovf.disks.formats import open_image
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import Member
 

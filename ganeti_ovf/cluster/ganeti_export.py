@@ -356,3 +356,10 @@ def dump_path(export: GanetiExport, disk: ExportedDisk) -> str:
     finally:
         os.close(fd)
     return path
+
+
+def under_export_dir(path: str, export_dir: str) -> bool:
+    """Whether `path` is inside Ganeti's export directory."""
+    path = os.path.realpath(path)
+    export_dir = os.path.realpath(export_dir)
+    return os.path.commonpath([path, export_dir]) == export_dir

@@ -16,8 +16,9 @@ from typing import Callable
 
 from ganeti import cli, constants, netutils, opcodes, pathutils
 
-from ganeti_ovf import ganeti_export, importer
+from ganeti_ovf.cluster import ganeti_export
 from ganeti_ovf.errors import OptionError
+from ganeti_ovf.model import VirtualSystem
 
 Feedback = Callable[[str], None]
 
@@ -65,21 +66,23 @@ def check_import_options(opts, output_dir: str,
         raise OptionError("--submit-import needs --node NODE[:SECONDARY] or"
                           " --iallocator NAME")
     # Ganeti's import reads the disks from its export directory only.
-    if not importer.under_export_dir(output_dir, export_dir):
+    if not ganeti_export.under_export_dir(output_dir, export_dir):
         raise OptionError("--submit-import: --output-dir %s is outside Ganeti's"
                           " export directory %s" % (output_dir, export_dir))
 
 
-def import_opcode(result: importer.ImportResult, opts) -> opcodes.OpInstanceCreate:
-    """The job gnt-backup import would submit for the converted export."""
+def import_opcode(system: VirtualSystem, directory: str,
+                  opts) -> opcodes.OpInstanceCreate:
+    """The job gnt-backup import would submit for `system`, converted into
+    the export `directory`."""
     pnode, snode = cli.SplitNodeOption(opts.node) if opts.node else (None, None)
-    settings = result.plan.system.ganeti
+    settings = system.ganeti
     # Ganeti takes OS, disks, NICs, tags, hypervisor and backend parameters
     # from config.ini when the opcode leaves them empty, but not the disk
     # template (it would use the cluster's first), so that one is passed.
     return opcodes.OpInstanceCreate(
-        mode=constants.INSTANCE_IMPORT, instance_name=result.plan.system.name,
-        src_node=opts.src_node or this_node(), src_path=result.directory,
+        mode=constants.INSTANCE_IMPORT, instance_name=system.name,
+        src_node=opts.src_node or this_node(), src_path=directory,
         pnode=pnode, snode=snode, iallocator=opts.iallocator,
         disk_template=settings.disk_template if settings else None,
         disks=[], nics=[], hvparams={}, beparams={}, osparams={},
@@ -89,10 +92,10 @@ def import_opcode(result: importer.ImportResult, opts) -> opcodes.OpInstanceCrea
         compress=constants.IEC_NONE, wait_for_sync=True)
 
 
-def submit_import(result: importer.ImportResult, opts) -> object:
+def submit_import(system: VirtualSystem, directory: str, opts) -> object:
     """Submit the import job; wait for it unless --submit (then raises
     ganeti's JobSubmittedException, which GenericMain prints)."""
-    return cli.SubmitOrSend(import_opcode(result, opts), opts)
+    return cli.SubmitOrSend(import_opcode(system, directory, opts), opts)
 
 
 # ------------------------------------------------------------------ export

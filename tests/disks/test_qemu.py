@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from ganeti_ovf import diskformats, qemu
+from ganeti_ovf.disks import formats, qemu
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import Member
 
@@ -119,7 +119,7 @@ def test_convert_to_raw_in_place_matches_plain_convert(tmp_path, raw, fmt, optio
     plain = tmp_path / "plain.raw"
     qemu_img("convert", "-f", fmt, "-O", "raw", str(image), str(plain))
     member = in_tar(tmp_path, image)
-    found = diskformats.inspect(member)
+    found = formats.inspect(member)
     assert found.format == fmt
     seen = []
     out = tmp_path / "out.raw"
@@ -161,7 +161,7 @@ def test_convert_from_raw(tmp_path, raw, fmt, compress):
     out = tmp_path / ("out." + fmt)
     qemu.convert_from_raw(str(raw), fmt, str(out), compress=compress)
     assert qemu.compare(str(raw), "raw", str(out), fmt)
-    image = diskformats.inspect(whole(out))
+    image = formats.inspect(whole(out))
     assert (image.format, image.virtual_size) == (fmt, 8 * MIB)
     if fmt != "raw":
         assert qemu.check(str(out), fmt)["check-errors"] == 0
@@ -175,7 +175,7 @@ def test_vmdk_export_is_what_vmware_imports(tmp_path, raw):
     with open(out, "rb") as handle:
         magic, version = struct.unpack("<4sI", handle.read(8))
     assert (magic, version) == (b"KDMV", 3)  # ESXi refuses older stream headers
-    details = diskformats.inspect(whole(out)).details
+    details = formats.inspect(whole(out)).details
     assert details["createType"] == "streamOptimized"
     assert details["ddb.virtualHWVersion"] == qemu.VMDK_HWVERSION
     assert details["ddb.adapterType"] == "lsilogic"

@@ -38,7 +38,7 @@ import zlib
 from array import array
 from typing import BinaryIO, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
-from ganeti_ovf import deflate
+from ganeti_ovf.disks import deflate
 from ganeti_ovf.errors import DiskError, OptionError
 
 SECTOR = 512

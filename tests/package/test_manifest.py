@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ganeti_ovf.errors import ManifestError, OvfError
-from ganeti_ovf.manifest import (
+from ganeti_ovf.package.manifest import (
     ManifestEntry,
     format_manifest,
     hash_member,
@@ -20,7 +20,7 @@ from ganeti_ovf.manifest import (
     verify_member,
 )
 from ganeti_ovf.model import Member
-from ganeti_ovf.package import Package
+from ganeti_ovf.package.reader import Package
 
 DATA = b"disk bytes " * 1000
 

@@ -18,9 +18,9 @@ from array import array
 
 import pytest
 from conftest import CORPUS
-from test_disks import content_digest  # hole-aware: the 8 GiB corpus disk
+from test_convert import content_digest  # hole-aware: the 8 GiB corpus disk
 
-from ganeti_ovf import disks, qemu, vmdkread, vmdkstream
+from ganeti_ovf.disks import convert, qemu, vmdkread, vmdkstream
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import COMPRESSION_NONE, Member
 
@@ -94,7 +94,7 @@ def capacity(path) -> int:
         return struct.unpack_from("<Q", handle.read(24), 12)[0] * SECTOR
 
 
-def convert(member: Member, dest) -> str:
+def read_to_raw(member: Member, dest) -> str:
     with open(member.path, "rb") as handle:
         handle.seek(member.offset)
         size = struct.unpack_from("<Q", handle.read(24), 12)[0] * SECTOR
@@ -111,7 +111,7 @@ def qemu_raw(image, dest) -> str:
 def test_mixed_content_matches_qemu(tmp_path, writer):
     raw = mixed_raw(tmp_path / "src.raw")
     image = writer(raw, tmp_path / "disk.vmdk")
-    out = convert(whole(image), tmp_path / "out.raw")
+    out = read_to_raw(whole(image), tmp_path / "out.raw")
     assert os.stat(out).st_mode & 0o777 == 0o600
     assert os.path.getsize(out) == os.path.getsize(raw)
     assert digest(out) == digest(qemu_raw(image, tmp_path / "q.raw")) == digest(raw)
@@ -136,7 +136,7 @@ def test_one_tib_with_little_data(tmp_path, writer):
               (TIB - 2 * MIB, text(2 * MIB, 5))]
     raw = make_raw(tmp_path / "src.raw", TIB, pieces)
     image = writer(raw, tmp_path / "disk.vmdk")
-    out = convert(whole(image), tmp_path / "out.raw")
+    out = read_to_raw(whole(image), tmp_path / "out.raw")
     assert os.path.getsize(out) == TIB
     assert os.stat(out).st_blocks * 512 < 8 * MIB
     with open(out, "rb") as got, open(raw, "rb") as want:
@@ -152,7 +152,7 @@ def test_one_tib_with_little_data(tmp_path, writer):
                                   "cot/blank.vmdk"])
 def test_corpus(tmp_path, name):
     image = os.path.join(CORPUS, name)
-    out = convert(whole(image), tmp_path / "out.raw")
+    out = read_to_raw(whole(image), tmp_path / "out.raw")
     assert os.path.getsize(out) == capacity(image)
     assert os.stat(out).st_blocks == 0
     assert content_digest(out) == content_digest(qemu_raw(image, tmp_path / "q.raw"))
@@ -169,7 +169,7 @@ def test_member_inside_a_tar(tmp_path):
     with tarfile.open(ova) as tar:
         info = tar.getmember("disk.vmdk")
     member = Member("disk.vmdk", str(ova), info.offset_data, info.size)
-    assert digest(convert(member, tmp_path / "out.raw")) == digest(raw)
+    assert digest(read_to_raw(member, tmp_path / "out.raw")) == digest(raw)
 
 
 def test_import_disk_uses_the_reader(tmp_path, monkeypatch):
@@ -181,7 +181,7 @@ def test_import_disk_uses_the_reader(tmp_path, monkeypatch):
 
     monkeypatch.setattr(qemu, "convert_to_raw", refuse)
     seen = []
-    done = disks.import_disk([whole(image)], COMPRESSION_NONE, 8 * MIB,
+    done = convert.import_disk([whole(image)], COMPRESSION_NONE, 8 * MIB,
                              str(tmp_path / "out.raw"), str(tmp_path), seen.append)
     assert (done.format, done.size, done.virtual_size) == ("vmdk", 8 * MIB,
                                                            os.path.getsize(raw))
@@ -287,7 +287,7 @@ def test_not_stream_optimized(tmp_path):
     qemu_img("convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicSparse",
              raw, str(sparse))
     with pytest.raises(DiskError, match="not a streamOptimized"):
-        convert(whole(sparse), tmp_path / "out")
+        read_to_raw(whole(sparse), tmp_path / "out")
     assert not os.path.exists(tmp_path / "out")
 
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from ganeti_ovf.errors import ManifestError
-from ganeti_ovf.manifest import CANONICAL, LINE_PATTERN, hash_name_for
+from ganeti_ovf.package.manifest import CANONICAL, LINE_PATTERN, hash_name_for
 
 MAX_CHAIN_DEPTH = 8
 MAX_STORE_FILE = 16 << 20

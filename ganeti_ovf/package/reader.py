@@ -20,9 +20,9 @@ import weakref
 import zlib
 from typing import BinaryIO, Dict, List, Optional
 
-from ganeti_ovf import tarreader
+from ganeti_ovf.package import tarreader
 from ganeti_ovf.errors import PackageError
-from ganeti_ovf.manifest import Manifest, parse_manifest
+from ganeti_ovf.package.manifest import Manifest, parse_manifest
 from ganeti_ovf.model import Member
 
 DESCRIPTOR_CAP = 32 << 20

@@ -15,8 +15,9 @@ import sys
 import zlib
 
 import pytest
+from conftest import ROOT
 
-from ganeti_ovf import deflate, vmdkstream
+from ganeti_ovf.disks import deflate, vmdkstream
 from ganeti_ovf.errors import DiskError, OptionError
 
 KIB = 1 << 10
@@ -280,11 +281,11 @@ def test_peak_memory_is_bounded(tmp_path):
                       [(0, random.Random(7).randbytes(96 * MIB))])
     program = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
-        "from ganeti_ovf import vmdkstream\n"
+        "from ganeti_ovf.disks import vmdkstream\n"
         "with open('/dev/null', 'wb') as out:\n"
         "    vmdkstream.write_stream_optimized(sys.argv[2], out, threads=64)\n"
         "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     result = subprocess.run([sys.executable, "-c", program, root, source],
                             capture_output=True, text=True, check=True)
     peak_kib = int(result.stdout.split()[1])

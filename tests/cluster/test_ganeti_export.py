@@ -6,9 +6,9 @@ import pytest
 from conftest import CORPUS
 from ganeti import constants, objects
 
-from ganeti_ovf import ganeti_export
+from ganeti_ovf.cluster import ganeti_export
 from ganeti_ovf.errors import ConfigError
-from ganeti_ovf.ganeti_export import ExportedDisk, build_config, read_export, size_to_mib
+from ganeti_ovf.cluster.ganeti_export import ExportedDisk, build_config, read_export, size_to_mib
 from ganeti_ovf.model import GanetiSettings, Nic, VirtualSystem
 
 GANETI_CORPUS = os.path.join(CORPUS, "ganeti")

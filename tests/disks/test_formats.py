@@ -10,7 +10,7 @@ import tarfile
 import pytest
 from conftest import CORPUS
 
-from ganeti_ovf import diskformats
+from ganeti_ovf.disks import formats
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import Member
 
@@ -53,7 +53,7 @@ def patch(path, offset: int, data: bytes) -> None:
 
 def refused(member: Member, *reasons: str) -> str:
     with pytest.raises(DiskError) as caught:
-        diskformats.inspect(member)
+        formats.inspect(member)
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(member.name + ": ")
@@ -74,7 +74,7 @@ def refused(member: Member, *reasons: str) -> str:
 ])
 def test_accepted_formats(tmp_path, fmt, options, details):
     path = create(tmp_path, "disk.img", fmt, "4M", *options)
-    image = diskformats.inspect(whole(path))
+    image = formats.inspect(whole(path))
     assert image.format == fmt
     if fmt == "vpc":  # VHD rounds up to whole CHS cylinders
         assert image.virtual_size >= 4 * MIB
@@ -87,13 +87,13 @@ def test_accepted_formats(tmp_path, fmt, options, details):
 def test_raw_is_whatever_matches_nothing(tmp_path):
     path = tmp_path / "disk.raw"
     path.write_bytes(os.urandom(4096) + bytes(8192))
-    image = diskformats.inspect(whole(path))
+    image = formats.inspect(whole(path))
     assert (image.format, image.virtual_size) == ("raw", 12288)
 
 
 def test_qcow2_disguised_as_raw_is_qcow2(tmp_path):
     path = create(tmp_path, "disk.raw", "qcow2", "1G")
-    assert diskformats.inspect(whole(path)).format == "qcow2"
+    assert formats.inspect(whole(path)).format == "qcow2"
 
 
 def test_member_inside_a_tar_is_read_in_place(tmp_path):
@@ -107,9 +107,9 @@ def test_member_inside_a_tar_is_read_in_place(tmp_path):
         info = archive.getmember("disk.qcow2")
     member = Member("disk.qcow2", str(tar), info.offset_data, info.size)
     assert member.offset > 0
-    assert diskformats.inspect(member).virtual_size == 3 * MIB
+    assert formats.inspect(member).virtual_size == 3 * MIB
     # The same bytes seen from the tar's start are the tar header: raw.
-    assert diskformats.inspect(Member("x", str(tar), 0, 512)).format == "raw"
+    assert formats.inspect(Member("x", str(tar), 0, 512)).format == "raw"
 
 
 def test_member_outside_its_file(tmp_path):
@@ -235,7 +235,7 @@ def test_vmdk_extent_may_name_another_file(tmp_path):
     # COT's and VMware's exports keep the name the disk was made under.
     path = create(tmp_path, "d.vmdk", "vmdk")
     rewrite_descriptor(path, lambda t: t.replace('"d.vmdk"', '"generated.vmdk"'))
-    assert diskformats.inspect(whole(path)).details["extent"] == "generated.vmdk"
+    assert formats.inspect(whole(path)).details["extent"] == "generated.vmdk"
 
 
 def test_vmdk_without_embedded_descriptor(tmp_path):
@@ -321,16 +321,16 @@ def test_two_formats_at_once(tmp_path):
     ("ganeti/new_disk.vmdk", 51200, "monolithicSparse"),
 ])
 def test_corpus_vmdk(name, size, create_type):
-    image = diskformats.inspect(whole(os.path.join(CORPUS, name)))
+    image = formats.inspect(whole(os.path.join(CORPUS, name)))
     assert (image.format, image.virtual_size) == ("vmdk", size)
     assert image.details["createType"] == create_type
 
 
 def test_corpus_raw_and_iso():
-    assert diskformats.inspect(whole(os.path.join(CORPUS, "ganeti/rawdisk.raw"))).format == "raw"
+    assert formats.inspect(whole(os.path.join(CORPUS, "ganeti/rawdisk.raw"))).format == "raw"
     refused(whole(os.path.join(CORPUS, "cot/input.iso")), "ISO 9660")
 
 
 def test_every_registered_format_declares_checks():
-    for fmt in diskformats.FORMATS:
+    for fmt in formats.FORMATS:
         assert fmt.checks, fmt.name

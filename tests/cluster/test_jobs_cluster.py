@@ -1,4 +1,4 @@
-"""Ganeti jobs from gnt-ovf (ganeti_ovf/jobs.py) on the real cluster.
+"""Ganeti jobs from gnt-ovf (ganeti_ovf/cluster/jobs.py) on the real cluster.
 
 `gnt-ovf export INSTANCE --node NODE` submits the export job only when no
 export is there (or with --refresh), then converts; `gnt-ovf import
@@ -9,7 +9,7 @@ with --submit, printing its id.  Disks are compared by sha256.
 import os
 
 import pytest
-from cluster import NODE
+from nscluster import NODE
 from packaging import MIB, sha256_file
 
 SOURCE = "jobsrc1.example.com"

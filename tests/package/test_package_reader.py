@@ -1,4 +1,4 @@
-"""Tests of package.py and tarreader.py: OVF folders and OVA archives read in place."""
+"""Tests of package/reader.py and package/tarreader.py: OVF folders and OVAs read in place."""
 
 import gzip
 import hashlib
@@ -14,11 +14,11 @@ from conftest import CORPUS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ganeti_ovf import package as package_module
-from ganeti_ovf import tarreader
+from ganeti_ovf.package import reader as package_module
+from ganeti_ovf.package import tarreader
 from ganeti_ovf.errors import OvfError, PackageError
 from ganeti_ovf.model import Member
-from ganeti_ovf.package import Package
+from ganeti_ovf.package.reader import Package
 
 DESCRIPTOR = b"<?xml version='1.0'?><Envelope/>\n"
 DISK = bytes(range(256)) * 7 + b"tail"  # not a multiple of 512 bytes
