@@ -7,15 +7,19 @@ modules; it holds no conversion logic.  The library's OvfError family is
 turned here into Ganeti's one-line "Failure: ..." and a non-zero exit.
 """
 
+import dataclasses
 import functools
 import json
 import logging
 import optparse
+import os
+import signal
 import sys
 
 from ganeti import cli, constants, errors, pathutils, utils
 from ganeti.cli import ArgFile, ArgUnknown, ToStderr, ToStdout, cli_option
 
+import ganeti_ovf
 from ganeti_ovf import describe, exporter, importer, publish
 from ganeti_ovf.cluster import ganeti_export, jobs, status
 from ganeti_ovf.errors import OptionError, OvfError
@@ -118,6 +122,16 @@ EXPORT_NODE_OPT = cli_option("-n", "--node", dest="node", default=None, metavar=
                              help="Export the instance (gnt-backup export) to this"
                              " node, which must be the local one, before converting;"
                              " skipped if an export is already there")
+EXPORT_NAME_OPT = cli_option("--name", dest="name", default=None, metavar="<name>",
+                             help="Name of the package's virtual system and files"
+                             " (default: the instance name in config.ini)")
+# Ganeti's own SHUTDOWN_TIMEOUT_OPT says minutes, but the opcode takes seconds.
+SHUTDOWN_TIMEOUT_OPT = cli_option("--shutdown-timeout", dest="shutdown_timeout",
+                                  type="int", default=constants.DEFAULT_SHUTDOWN_TIMEOUT,
+                                  metavar="<seconds>",
+                                  help="With --node: seconds to wait for the instance"
+                                  " to shut down before it is forced off (default: %d)"
+                                  % constants.DEFAULT_SHUTDOWN_TIMEOUT)
 STATUS_OUTPUT_OPT = cli_option("--output", dest="output_format", default="text",
                                choices=["text", "json"], metavar="text|json",
                                help="Output format (default: text)")
@@ -136,10 +150,10 @@ import_opts = [
 info_opts = [OUTPUT_FORMAT_OPT, PROFILE_OPT, VERIFY_OPT, TRUST_STORE_OPT]
 export_opts = [
     FORMAT_OPT, COMPRESS_OPT, OVA_OPT, EXTERNAL_OPT, MANIFEST_OPT, OVF_VERSION_OPT,
-    OUTPUT_DIR_OPT, NAME_OPT, REPLACE_OPT, HARDWARE_FAMILY_OPT, NIC_MODEL_OPT,
+    OUTPUT_DIR_OPT, EXPORT_NAME_OPT, REPLACE_OPT, HARDWARE_FAMILY_OPT, NIC_MODEL_OPT,
     CHUNK_SIZE_OPT, SIGN_OPT, CERT_OPT, cli.VERBOSE_OPT,
     # --node: the gnt-backup export job first, with its options
-    EXPORT_NODE_OPT, REFRESH_OPT, cli.NOSHUTDOWN_OPT, cli.SHUTDOWN_TIMEOUT_OPT,
+    EXPORT_NODE_OPT, REFRESH_OPT, cli.NOSHUTDOWN_OPT, SHUTDOWN_TIMEOUT_OPT,
     cli.LONG_SLEEP_OPT, cli.TRANSPORT_COMPRESSION_OPT,
 ]
 status_opts = [STATUS_OUTPUT_OPT]
@@ -165,7 +179,14 @@ def _library_errors(func):
             ToStderr("Failure: %s%s", err.strerror or err,
                      ": %s" % err.filename if err.filename else "")
             return EXIT_FAILURE
-        except (errors.GenericError, errors.JobSubmittedException, KeyboardInterrupt):
+        except KeyboardInterrupt as err:
+            # Every context manager and `finally` has run: staging and locks
+            # are gone.  The exit status is the shell's for a killed command.
+            signum = getattr(err, "signum", signal.SIGINT)
+            ToStderr("Failure: interrupted by %s; nothing was written",
+                     signal.Signals(signum).name)
+            return 128 + signum
+        except (errors.GenericError, errors.JobSubmittedException):
             raise
         except Exception as err:  # never a traceback for the operator
             if opts.debug:
@@ -175,6 +196,49 @@ def _library_errors(func):
                      " %s: %s", type(err).__name__, err)
             return EXIT_FAILURE
     return wrapper
+
+
+# Signals that end a run the way Ctrl-C does: with the clean-up of every
+# staging directory and lock on the way out.
+CLEANUP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal, raised as Ctrl-C's exception so that the same
+    clean-up runs whichever signal ended the command."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_children() -> None:
+    """Ask our child processes (qemu-img under its timeout) to stop, so the
+    threads waiting for them return and the clean-up is not held up."""
+    pid = os.getpid()
+    try:
+        tasks = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return
+    for task in tasks:
+        try:
+            with open("/proc/%d/task/%s/children" % (pid, task), encoding="ascii") as handle:
+                children = [int(child) for child in handle.read().split()]
+        except (OSError, ValueError):
+            continue
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except OSError:
+                pass
+
+
+def _interrupted(signum: int, _frame) -> None:
+    # Once only: a second signal must not cut the clean-up short.
+    for each in CLEANUP_SIGNALS:
+        signal.signal(each, signal.SIG_IGN)
+    _stop_children()
+    raise Interrupted(signum)
 
 
 def _feedback(opts):
@@ -305,7 +369,24 @@ def ShowPackageInfo(opts, args):
         ToStdout("%s", describe.to_json(document))
     else:
         ToStdout("%s", describe.to_text(document))
+    problem = _verification_problem(document) if opts.verify else None
+    if problem is not None:
+        ToStderr("Failure: %s: %s", args[0], problem)
+        return EXIT_FAILURE
     return 0
+
+
+def _verification_problem(document: dict):
+    """Why `info --verify` must fail: a manifest that does not parse or whose
+    digests do not match, or a signature that does not verify."""
+    manifest, signature = document["manifest"], document["signature"]
+    if manifest is not None and not manifest["valid"]:
+        return "manifest refused: %s" % manifest["error"]
+    if manifest is not None and manifest.get("verified") is False:
+        return "verification failed: %s" % manifest["error"]
+    if signature is not None and not signature["valid"]:
+        return "signature refused: %s" % signature["error"]
+    return None
 
 
 @_library_errors
@@ -322,8 +403,6 @@ def ExportPackage(opts, args):
     feedback = _feedback(opts)
     source = args[0]
     jobs.check_export_options(opts, source)
-    if opts.node:
-        source = jobs.export_first(opts, source, feedback)
     request = exporter.ExportRequest(
         source=source, output_dir=opts.output_dir or ".",
         export_dir=pathutils.EXPORT_DIR,
@@ -335,6 +414,11 @@ def ExportPackage(opts, args):
         chunk_size=exporter.parse_chunk_size(opts.chunk_size),
         sign_key=opts.sign_key, sign_cert=opts.sign_cert,
         force=opts.force)
+    if opts.node:
+        instance = jobs.export_first(
+            opts, source, feedback,
+            check=lambda instance: exporter.check_target(request, instance))
+        request = dataclasses.replace(request, source=instance)
     result = exporter.export_package(request, feedback)
     ToStdout("Package written to %s", result.path)
     return 0
@@ -361,6 +445,9 @@ def ShowStatus(opts, args):
         ToStdout("%s", json.dumps(rows, indent=2, sort_keys=True))
     else:
         ToStdout("%s", status.to_text(rows))
+        skip = status.read_skip()
+        if skip is not None and (not args or skip["instance"] in args):
+            ToStdout("%s", status.skip_to_text(skip))
     return 0
 
 
@@ -421,6 +508,13 @@ def hoist_positionals(argv: list, table: dict) -> list:
 
 
 def Main():
+    for each in CLEANUP_SIGNALS:
+        signal.signal(each, _interrupted)
+    if sys.argv[1:] == ["--version"]:
+        # GenericMain's --version names only Ganeti's release.
+        ToStdout("gnt-ovf %s (Ganeti %s)", ganeti_ovf.__version__,
+                 constants.RELEASE_VERSION)
+        return 0
     sys.argv = hoist_positionals(sys.argv, commands)
     return cli.GenericMain(commands, aliases=aliases)
 

@@ -40,7 +40,7 @@ from ganeti_ovf import exporter, publish
 from ganeti_ovf.cluster import status
 from ganeti_ovf.cluster.hook_config import (CONFIG_ENV, CONFIG_PATH, HookConfig, HookError,
                                             HookEvent, check_instance_name, config_skip_reason,
-                                            load_config, skip_reason)
+                                            is_this_node, load_config, skip_reason)
 from ganeti_ovf.errors import OvfError
 
 LOG_FILE = os.path.join(pathutils.LOG_DIR, "ovf-export.log")
@@ -313,21 +313,36 @@ def detach(work: Callable[[], object], keep_fds: tuple = (),
         os._exit(code)
 
 
+def _log_skip(event: HookEvent, reason: str) -> None:
+    """One log line saying why this export is not converted; `gnt-ovf status`
+    shows the last one."""
+    logging.info("Not converting the export of %s: %s", event.instance, reason)
+    status.write_skip(status.STATUS_DIR, event.instance, reason)
+
+
 def main(env: Optional[Mapping[str, str]] = None,
          this_node: Optional[str] = None) -> int:
     """The hook: decide, snapshot, detach the worker; 0 unless misconfigured."""
     env = os.environ if env is None else env
     event = HookEvent.from_env(env)
     node = this_node or netutils.Hostname.GetSysName()
-    if skip_reason(event, node) is not None:
+    reason = skip_reason(event, node)
+    if reason is not None:
+        # Ganeti runs the hook on the master, the primary and the target
+        # node: say why on the nodes that are not the target.  Any other
+        # reason (phase, opcode, mode) is not an export at all: stay silent.
+        if event.op_code == "OP_BACKUP_EXPORT" and not is_this_node(event.export_node, node) \
+                and event.phase == constants.HOOKS_PHASE_POST:
+            setup_logging()
+            _log_skip(event, reason)
         return 0
-    setup_logging()
     config_path = env.get(CONFIG_ENV) or CONFIG_PATH
+    setup_logging()
     try:
         config = load_config(config_path)
         reason = config_skip_reason(event, config)
         if reason is not None:
-            logging.debug("Not converting the export of %s: %s", event.instance, reason)
+            _log_skip(event, reason)
             return 0
         instance = check_instance_name(event.instance)
         # The record comes first and names this process: a spool directory

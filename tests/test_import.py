@@ -241,6 +241,27 @@ def test_info_of_built_package(tmp_path):
     assert "digests verified" in text
 
 
+def test_info_verify_fails_loudly_on_a_digest_mismatch(tmp_path):
+    workdir = str(tmp_path / "pkg")
+    package, _ = build_package(workdir, disks=(("raw", 4 * MIB),))
+    disk = os.path.join(workdir, "appliance-disk0.img")
+    with open(disk, "r+b") as handle:
+        handle.seek(MIB)
+        handle.write(b"tampered")
+    plain = run_gnt_ovf("info", package)
+    assert plain.returncode == 0, plain.stderr  # without --verify, no digest is read
+    result = run_gnt_ovf("info", "--verify", package)
+    assert result.returncode == 1
+    assert "VERIFICATION FAILED" in result.stdout  # the description is still shown
+    lines = failure_lines(result)
+    assert len(lines) == 1
+    assert lines[0].startswith("Failure: %s: verification failed: appliance-disk0.img:"
+                               " SHA256 digest mismatch" % package), lines
+    as_json = run_gnt_ovf("info", "--verify", "--output=json", package)
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stdout)["manifest"]["verified"] is False
+
+
 def test_max_disk_size(tmp_path):
     package, _ = build_package(str(tmp_path / "pkg"), disks=(("vmdk", 64 * MIB),))
     out = str(tmp_path / "out")

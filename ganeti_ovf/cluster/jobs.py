@@ -109,7 +109,7 @@ def check_export_options(opts, source: str) -> None:
         if given:
             raise OptionError("%s applies only with --node" % given[0])
         return
-    if not source or os.sep in source or source.startswith("."):
+    if not source or ganeti_export.is_path(source):
         raise OptionError("with --node, %r must be an instance name" % source)
 
 
@@ -120,12 +120,14 @@ def _one_name(found: list, what: str, given: str) -> str:
 
 
 def export_first(opts, source: str, feedback: Feedback,
-                 export_dir: str = pathutils.EXPORT_DIR, client=None) -> str:
+                 export_dir: str = pathutils.EXPORT_DIR, client=None,
+                 check: Callable[[str], None] = lambda _instance: None) -> str:
     """Make sure this node holds a current export of instance `source`.
 
     Submits OpBackupExport to --node (this node) and waits for it, unless
-    an export exists and --refresh is not given.  Returns the instance's
-    full name, which names its export directory.
+    an export exists and --refresh is not given.  `check` gets the
+    instance's full name before any job.  Returns that name, which names
+    its export directory.
     """
     client = client or cli.GetClient()
     node = _one_name(client.QueryNodes([opts.node], ["name"], False), "node", opts.node)
@@ -135,6 +137,7 @@ def export_first(opts, source: str, feedback: Feedback,
                           " converted; run gnt-ovf there" % (node, here))
     instance = _one_name(client.QueryInstances([source], ["name"], False),
                          "instance", source)
+    check(instance)  # everything the conversion will refuse, before the job
     config = os.path.join(export_dir, instance, ganeti_export.CONFIG_NAME)
     if os.path.isfile(config) and not opts.refresh:
         feedback("Using the existing export of %s (--refresh makes a new one)" % instance)
