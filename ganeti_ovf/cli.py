@@ -15,6 +15,8 @@ import optparse
 import os
 import signal
 import sys
+import time
+from typing import Optional
 
 from ganeti import cli, constants, errors, pathutils, utils
 from ganeti.cli import ArgFile, ArgUnknown, ToStderr, ToStdout, cli_option
@@ -132,12 +134,16 @@ SHUTDOWN_TIMEOUT_OPT = cli_option("--shutdown-timeout", dest="shutdown_timeout",
                                   help="With --node: seconds to wait for the instance"
                                   " to shut down before it is forced off (default: %d)"
                                   % constants.DEFAULT_SHUTDOWN_TIMEOUT)
+RESULT_OUTPUT_OPT = cli_option("--output", dest="output_format", default="text",
+                               choices=["text", "json"], metavar="text|json",
+                               help="Result format: text, or one JSON object for"
+                               " scripts (default: text)")
 STATUS_OUTPUT_OPT = cli_option("--output", dest="output_format", default="text",
                                choices=["text", "json"], metavar="text|json",
                                help="Output format (default: text)")
 
 import_opts = [
-    NAME_OPT, OUTPUT_DIR_OPT, cli.BACKEND_OPT, cli.HYPERVISOR_OPT, cli.OS_OPT,
+    NAME_OPT, OUTPUT_DIR_OPT, RESULT_OUTPUT_OPT, cli.BACKEND_OPT, cli.HYPERVISOR_OPT, cli.OS_OPT,
     cli.OSPARAMS_OPT, cli.DISK_TEMPLATE_OPT, cli.DISK_OPT, cli.NET_OPT,
     cli.NONICS_OPT, cli.TAG_ADD_OPT, SYSTEM_OPT, PROFILE_OPT, REPLACE_OPT,
     REQUIRE_MANIFEST_OPT, TRUST_STORE_OPT, REQUIRE_SIGNATURE_OPT, MAX_DISK_SIZE_OPT,
@@ -151,7 +157,7 @@ info_opts = [OUTPUT_FORMAT_OPT, PROFILE_OPT, VERIFY_OPT, TRUST_STORE_OPT]
 export_opts = [
     FORMAT_OPT, COMPRESS_OPT, OVA_OPT, EXTERNAL_OPT, MANIFEST_OPT, OVF_VERSION_OPT,
     OUTPUT_DIR_OPT, EXPORT_NAME_OPT, REPLACE_OPT, HARDWARE_FAMILY_OPT, NIC_MODEL_OPT,
-    CHUNK_SIZE_OPT, SIGN_OPT, CERT_OPT, cli.VERBOSE_OPT,
+    CHUNK_SIZE_OPT, SIGN_OPT, CERT_OPT, cli.VERBOSE_OPT, RESULT_OUTPUT_OPT,
     # --node: the gnt-backup export job first, with its options
     EXPORT_NODE_OPT, REFRESH_OPT, cli.NOSHUTDOWN_OPT, SHUTDOWN_TIMEOUT_OPT,
     cli.LONG_SLEEP_OPT, cli.TRANSPORT_COMPRESSION_OPT,
@@ -241,12 +247,25 @@ def _interrupted(signum: int, _frame) -> None:
     raise Interrupted(signum)
 
 
-def _feedback(opts):
+def _feedback(opts, warnings: Optional[list] = None):
+    """Progress and warnings on standard error; warnings also kept in
+    `warnings` for the JSON result."""
     def feedback(message: str) -> None:
-        if message.startswith("WARNING:") or getattr(opts, "verbose", False):
+        if message.startswith("WARNING:"):
+            ToStderr("%s", message)
+            if warnings is not None:
+                warnings.append(message[len("WARNING:"):].strip())
+        elif getattr(opts, "verbose", False):
             ToStderr("%s", message)
         logging.info("%s", message)
     return feedback
+
+
+def _result_json(command: str, started: float, warnings: list, **fields) -> str:
+    """The one result object of `import`/`export --output=json`."""
+    return json.dumps(dict(fields, schema_version=1, command=command, warnings=warnings,
+                           seconds=round(time.monotonic() - started, 3)),
+                      indent=2, sort_keys=True)
 
 
 def _indexed(values, option: str) -> dict:
@@ -330,22 +349,35 @@ def ImportPackage(opts, args):
         require_signature=opts.require_signature,
         max_disk_size=_size_option(opts.max_disk_size, "--max-disk-size",
                                    importer.DEFAULT_MAX_DISK_SIZE))
-    result = importer.import_package(request, _feedback(opts))
-    ToStdout("Instance %s written to %s", result.plan.system.name, result.directory)
+    started, warnings = time.monotonic(), []
+    feedback = _feedback(opts, warnings)
+    result = importer.import_package(request, feedback)
+    name = result.plan.system.name
+    as_json = opts.output_format == "json"
+    if not as_json:
+        ToStdout("Instance %s written to %s", name, result.directory)
+    next_step = None
     if opts.submit_import:
         jobs.submit_import(result.plan.system, result.directory, opts)
-        ToStdout("Instance %s imported", result.plan.system.name)
-        return 0
-    if ganeti_export.under_export_dir(result.directory, pathutils.EXPORT_DIR):
-        ToStdout("Import it with: gnt-backup import -n NODE --src-node NODE"
-                 " --src-dir %s %s", result.directory, result.plan.system.name)
+    elif ganeti_export.under_export_dir(result.directory, pathutils.EXPORT_DIR):
+        next_step = jobs.backup_import_command(result.plan.system, result.directory)
     else:
-        ToStderr("WARNING: %s is outside Ganeti's export directory %s:"
+        feedback("WARNING: %s is outside Ganeti's export directory %s:"
                  " gnt-backup import would create the instance with empty disks."
                  " Move it there first (mv %s %s/) and import with"
-                 " gnt-backup import --src-dir %s/%s", result.directory,
-                 pathutils.EXPORT_DIR, result.directory, pathutils.EXPORT_DIR,
-                 pathutils.EXPORT_DIR, result.plan.system.name)
+                 " gnt-backup import --src-dir %s/%s"
+                 % (result.directory, pathutils.EXPORT_DIR, result.directory,
+                    pathutils.EXPORT_DIR, pathutils.EXPORT_DIR, name))
+    if as_json:
+        ToStdout("%s", _result_json(
+            "import", started, warnings, instance=name, directory=result.directory,
+            submitted=bool(opts.submit_import), next_step=next_step,
+            disks=[{"index": index, "path": os.path.join(result.directory, disk.dump),
+                    "size_mib": disk.size_mib} for index, disk in enumerate(result.disks)]))
+    elif opts.submit_import:
+        ToStdout("Instance %s imported", name)
+    elif next_step:
+        ToStdout("Import it with: %s", next_step)
     return 0
 
 
@@ -400,7 +432,8 @@ def ExportPackage(opts, args):
     @return: the desired exit code
 
     """
-    feedback = _feedback(opts)
+    started, warnings = time.monotonic(), []
+    feedback = _feedback(opts, warnings)
     source = args[0]
     jobs.check_export_options(opts, source)
     request = exporter.ExportRequest(
@@ -420,7 +453,15 @@ def ExportPackage(opts, args):
             check=lambda instance: exporter.check_target(request, instance))
         request = dataclasses.replace(request, source=instance)
     result = exporter.export_package(request, feedback)
-    ToStdout("Package written to %s", result.path)
+    if opts.output_format == "json":
+        system = result.appliance.systems[0]
+        ToStdout("%s", _result_json(
+            "export", started, warnings, instance=system.name, path=result.path,
+            kind="ova" if opts.ova else "ovf",
+            disks=[{"index": index, "file": disk.file.href if disk.file else None,
+                    "capacity": disk.capacity} for index, disk in enumerate(system.disks)]))
+    else:
+        ToStdout("Package written to %s", result.path)
     return 0
 
 

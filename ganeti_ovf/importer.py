@@ -56,6 +56,7 @@ class ImportResult:
     plan: Plan
     config_text: str
     warnings: tuple
+    disks: tuple = ()  # ExportedDisk: the dumps in `directory`, by index
 
 
 def read_package(package: Package, profile: Optional[str]) -> Appliance:
@@ -180,7 +181,7 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
                 handle.write(config)
             directory = staging.publish_directory(replace=request.force)
     return ImportResult(directory=directory, plan=plan, config_text=config,
-                        warnings=tuple(warnings))
+                        warnings=tuple(warnings), disks=tuple(exported))
 
 
 def _check_sizes(system: VirtualSystem, members: dict, max_size: int) -> list:

@@ -12,9 +12,10 @@ Jobs are sent through ganeti.cli (SubmitOrSend, SubmitOpCode), so --submit,
 """
 
 import os
+import shlex
 from typing import Callable
 
-from ganeti import cli, constants, netutils, opcodes, pathutils
+from ganeti import cli, constants, errors, netutils, opcodes, pathutils
 
 from ganeti_ovf.cluster import ganeti_export
 from ganeti_ovf.errors import OptionError
@@ -90,6 +91,24 @@ def import_opcode(system: VirtualSystem, directory: str,
         conflicts_check=opts.conflicts_check, ignore_ipolicy=opts.ignore_ipolicy,
         identify_defaults=opts.identify_defaults, start=False,
         compress=constants.IEC_NONE, wait_for_sync=True)
+
+
+def backup_import_command(system: VirtualSystem, directory: str) -> str:
+    """The gnt-backup import command, ready to paste, that imports the export
+    `directory` on this node: the package's disk template, or the cluster's
+    default one when the package names none (asked of the master; left out
+    if the master cannot be reached, and Ganeti then picks that default)."""
+    node = this_node()
+    template = system.ganeti.disk_template if system.ganeti else None
+    if template is None:
+        try:
+            template = cli.GetClient().QueryClusterInfo()["enabled_disk_templates"][0]
+        except (errors.GenericError, OSError, KeyError, IndexError, TypeError):
+            template = None
+    words = ["gnt-backup", "import", "-n", node, "--src-node", node, "--src-dir", directory]
+    if template:
+        words += ["-t", template]
+    return " ".join(shlex.quote(word) for word in words + [system.name])
 
 
 def submit_import(system: VirtualSystem, directory: str, opts) -> object:
