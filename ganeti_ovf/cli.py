@@ -24,7 +24,7 @@ from ganeti.cli import ArgFile, ArgUnknown, ToStderr, ToStdout, cli_option
 import ganeti_ovf
 from ganeti_ovf import describe, exporter, importer, publish
 from ganeti_ovf.cluster import ganeti_export, jobs, status
-from ganeti_ovf.errors import OptionError, OvfError
+from ganeti_ovf.errors import OptionError, OvfError, printable
 from ganeti_ovf.package.reader import Package
 from ganeti_ovf.plan import ImportOverrides
 
@@ -176,14 +176,14 @@ def _library_errors(func):
             return func(opts, args)
         except OvfError as err:
             logging.debug("Command failed", exc_info=True)
-            ToStderr("Failure: %s", err)
+            ToStderr("Failure: %s", printable(str(err)))
             return EXIT_FAILURE
         except OSError as err:
             if opts.debug:
                 raise
             logging.debug("Command failed", exc_info=True)
-            ToStderr("Failure: %s%s", err.strerror or err,
-                     ": %s" % err.filename if err.filename else "")
+            ToStderr("Failure: %s%s", printable(str(err.strerror or err)),
+                     ": %s" % printable(str(err.filename)) if err.filename else "")
             return EXIT_FAILURE
         except KeyboardInterrupt as err:
             # Every context manager and `finally` has run: staging and locks
@@ -199,7 +199,7 @@ def _library_errors(func):
                 raise
             logging.exception("Unexpected error")
             ToStderr("Failure: unexpected error (run with --debug for details):"
-                     " %s: %s", type(err).__name__, err)
+                     " %s: %s", type(err).__name__, printable(str(err)))
             return EXIT_FAILURE
     return wrapper
 
@@ -251,6 +251,7 @@ def _feedback(opts, warnings: Optional[list] = None):
     """Progress and warnings on standard error; warnings also kept in
     `warnings` for the JSON result."""
     def feedback(message: str) -> None:
+        message = printable(message)
         if message.startswith("WARNING:"):
             ToStderr("%s", message)
             if warnings is not None:
@@ -259,6 +260,11 @@ def _feedback(opts, warnings: Optional[list] = None):
             ToStderr("%s", message)
         logging.info("%s", message)
     return feedback
+
+
+def _printable_lines(text: str) -> str:
+    """Multi-line text for a terminal: each line escaped (see printable)."""
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 def _result_json(command: str, started: float, warnings: list, **fields) -> str:
@@ -400,10 +406,10 @@ def ShowPackageInfo(opts, args):
     if opts.output_format == "json":
         ToStdout("%s", describe.to_json(document))
     else:
-        ToStdout("%s", describe.to_text(document))
+        ToStdout("%s", _printable_lines(describe.to_text(document)))
     problem = _verification_problem(document) if opts.verify else None
     if problem is not None:
-        ToStderr("Failure: %s: %s", args[0], problem)
+        ToStderr("Failure: %s: %s", printable(args[0]), printable(problem))
         return EXIT_FAILURE
     return 0
 
@@ -481,14 +487,14 @@ def ShowStatus(opts, args):
         records = [record for record in records if record.instance in args]
     rows = status.to_rows(records)
     for problem in problems:
-        ToStderr("WARNING: %s", problem)
+        ToStderr("WARNING: %s", printable(problem))
     if opts.output_format == "json":
         ToStdout("%s", json.dumps(rows, indent=2, sort_keys=True))
     else:
-        ToStdout("%s", status.to_text(rows))
+        ToStdout("%s", _printable_lines(status.to_text(rows)))
         skip = status.read_skip()
         if skip is not None and (not args or skip["instance"] in args):
-            ToStdout("%s", status.skip_to_text(skip))
+            ToStdout("%s", printable(status.skip_to_text(skip)))
     return 0
 
 

@@ -41,7 +41,7 @@ from ganeti_ovf.cluster import status
 from ganeti_ovf.cluster.hook_config import (CONFIG_ENV, CONFIG_PATH, HookConfig, HookError,
                                             HookEvent, check_instance_name, config_skip_reason,
                                             is_this_node, load_config, skip_reason)
-from ganeti_ovf.errors import OvfError
+from ganeti_ovf.errors import OvfError, printable
 
 LOG_FILE = os.path.join(pathutils.LOG_DIR, "ovf-export.log")
 PROGRAM = "ganeti-ovf-export"
@@ -185,7 +185,8 @@ def _convert(job: Job) -> str:
             external=config.external, manifest_algorithm=config.manifest_algorithm,
             ovf_version=config.ovf_version)
         result = exporter.export_package(
-            request, lambda message: logging.info("%s: %s", record.conversion_id, message))
+            request, lambda message: logging.info("%s: %s", record.conversion_id,
+                                                  printable(message)))
         if config.ova:
             return staging.publish_file(os.path.basename(result.path))
         publish.rename_noreplace(result.path, staging.target)
@@ -231,6 +232,7 @@ def run_job(job: Job) -> status.Conversion:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         if isinstance(err, OSError) and err.strerror:
             reason = "%s%s" % (err.strerror, ": %s" % err.filename if err.filename else "")
+        reason = printable(reason)
         logging.error("%s: conversion of %s failed: %s", record.conversion_id,
                       record.instance, reason,
                       exc_info=not isinstance(err, OvfError))
@@ -362,7 +364,7 @@ def main(env: Optional[Mapping[str, str]] = None,
                 status.FAILED, error="cannot snapshot the export: %s" % err))
             raise
     except (OvfError, OSError) as err:
-        message = "ganeti-ovf export hook: %s" % err
+        message = "ganeti-ovf export hook: %s" % printable(str(err))
         logging.error("%s", message)
         sys.stderr.write(message + "\n")  # Ganeti shows it in the job's warning
         return 1
