@@ -263,7 +263,8 @@ def check_target(request: ExportRequest, instance: str) -> None:
     check_request(request)
     name = plan.instance_name(request.name or instance)
     target = name + ".ova" if request.ova else name
-    _check_absent(os.path.join(os.path.abspath(request.output_dir), target), request.force)
+    _check_absent(os.path.join(publish.output_directory(request.output_dir), target),
+                  request.force)
 
 
 def export_package(request: ExportRequest, feedback: Feedback) -> ExportResult:
@@ -273,7 +274,7 @@ def export_package(request: ExportRequest, feedback: Feedback) -> ExportResult:
     export = ganeti_export.read_export(config_path)
     system = export.system
     name = plan.instance_name(request.name or system.name)
-    output_dir = os.path.abspath(request.output_dir)
+    output_dir = publish.output_directory(request.output_dir)
     for stale in publish.clean_stale_staging(output_dir):
         feedback("Removed staging left by an interrupted run: %s" % stale)
 

@@ -175,10 +175,11 @@ def _convert(job: Job) -> str:
         _copy_fd(fd, os.path.join(job.spool, name))
         os.close(fd)
     final = output_name(record, config.ova)
+    output_dir = publish.output_directory(config.output_dir)
     # Staging directories of killed workers (their flock is free).
-    for stale in publish.clean_stale_staging(config.output_dir):
+    for stale in publish.clean_stale_staging(output_dir):
         logging.info("%s: removed stale staging %s", record.conversion_id, stale)
-    with publish.Staging(config.output_dir, final) as staging:
+    with publish.Staging(output_dir, final) as staging:
         request = exporter.ExportRequest(
             source=job.spool, output_dir=staging.path, export_dir=job.export_dir,
             disk_format=config.disk_format, compress=config.compress, ova=config.ova,

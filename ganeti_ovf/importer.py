@@ -140,7 +140,7 @@ def check_manifest(package: Package, referenced: list, require: bool,
 
 def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
     """Convert an OVF/OVA package into a Ganeti export directory."""
-    output_dir = os.path.abspath(request.output_dir)
+    output_dir = publish.output_directory(request.output_dir)
     for name in publish.clean_stale_staging(output_dir):
         logging.info("Removed staging left by an interrupted run: %s", name)
 
