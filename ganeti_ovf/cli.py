@@ -482,7 +482,7 @@ def ShowStatus(opts, args):
     @return: the desired exit code
 
     """
-    records, problems = status.list_conversions()
+    records, problems = status.list_conversions(status.STATUS_DIR)
     if args:
         records = [record for record in records if record.instance in args]
     rows = status.to_rows(records)
@@ -492,7 +492,7 @@ def ShowStatus(opts, args):
         ToStdout("%s", json.dumps(rows, indent=2, sort_keys=True))
     else:
         ToStdout("%s", _printable_lines(status.to_text(rows)))
-        skip = status.read_skip()
+        skip = status.read_skip(status.STATUS_DIR)
         if skip is not None and (not args or skip["instance"] in args):
             ToStdout("%s", printable(status.skip_to_text(skip)))
     return 0

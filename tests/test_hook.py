@@ -8,6 +8,7 @@ OVA that imports back into an instance with the same disk bytes, while a
 conversion that cannot be written leaves a "failed" status and a log line.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -124,6 +125,53 @@ def test_status_round_trip_and_listing(tmp_path):
     text = status.to_text(status.to_rows(records))
     assert "disk full" in text.splitlines()[2] and "failed" in text
     assert status.list_conversions(str(tmp_path / "absent")) == ([], [])
+
+
+@pytest.mark.parametrize("fields", [
+    {"created": "yesterday"}, {"updated": None}, {"pid": "1"}, {"pid": True},
+    {"instance": 7}, {"error": ["x"]}, {"state": "done", "output": {"a": 1}},
+], ids=["created-text", "updated-null", "pid-text", "pid-bool", "instance-number",
+        "error-list", "output-object"])
+def test_malformed_status_file_skipped_with_a_warning(tmp_path, fields):
+    directory = tmp_path / "status"
+    good = hook.new_record("a.example.com", now=1000.0)
+    status.write(str(directory), good)
+    bad = dict(dataclasses.asdict(hook.new_record("b.example.com", now=2000.0)), **fields)
+    (directory / (bad["conversion_id"] + ".json")).write_text(json.dumps(bad))
+    records, problems = status.list_conversions(str(directory))
+    assert records == [good]
+    (problem,) = problems
+    assert "not a conversion status" in problem
+    status.to_text(status.to_rows(records))  # and the listing still works
+    # The command as a whole: a warning, the good record, exit 0.
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, %r)\n"
+         "from ganeti_ovf.cluster import status\n"
+         "status.STATUS_DIR = %r\n"
+         "from ganeti_ovf import cli\n"
+         "sys.argv = ['gnt-ovf', 'status']\n"
+         "sys.exit(cli.Main())" % (ROOT, str(directory))],
+        capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: " in result.stderr and "a.example.com" in result.stdout
+
+
+def test_prune_never_deletes_outside_the_status_directory(tmp_path):
+    directory = tmp_path / "status"
+    victim = tmp_path / "victim.json"
+    victim.write_text("precious")
+    for index in range(3):
+        status.write(str(directory), hook.new_record("a", now=1000.0 + index).with_state(
+            status.DONE, output="/x"))
+    forged = dict(dataclasses.asdict(hook.new_record("a", now=10.0).with_state(
+        status.DONE, output="/y")), conversion_id="../victim")
+    (directory / "forged.json").write_text(json.dumps(forged))
+    records, problems = status.list_conversions(str(directory))
+    assert len(records) == 3
+    assert "conversion id '../victim' does not name this file" in problems[0]
+    status.prune(str(directory), "a", keep=0)
+    assert victim.read_text() == "precious"
+    assert sorted(os.listdir(directory)) == ["forged.json"]
 
 
 def test_dead_worker_reported_lost(tmp_path):

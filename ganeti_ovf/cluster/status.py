@@ -30,6 +30,15 @@ KEEP_FINISHED = 20
 _MAX_RECORD = 64 * 1024
 
 
+# What each field of a record file must hold (None: not yet known).
+_FIELD_TYPES = {
+    "conversion_id": str, "instance": str, "state": str,
+    "created": (int, float), "updated": (int, float),
+    "pid": (int, type(None)), "pid_start": (str, type(None)),
+    "output": (str, type(None)), "error": (str, type(None)),
+}
+
+
 class StatusError(OvfError):
     """A status file cannot be written or read."""
 
@@ -100,11 +109,23 @@ def read(path: str) -> Conversion:
         if len(raw) > _MAX_RECORD:
             raise ValueError("too large")
         fields = json.loads(raw.decode("utf-8"))
+        if not isinstance(fields, dict):
+            raise ValueError("not a JSON object")
         record = Conversion(**fields)
+        for name, kinds in _FIELD_TYPES.items():
+            if not isinstance(getattr(record, name), kinds) \
+                    or isinstance(getattr(record, name), bool):
+                raise ValueError("%s is not of the expected type" % name)
     except (ValueError, TypeError) as err:
         raise StatusError("%s: not a conversion status: %s" % (path, err))
     if record.state not in STATES:
         raise StatusError("%s: unknown state %r" % (path, record.state))
+    # The id names the file: a record that names another file (a path, a
+    # "..") would make pruning delete outside the status directory.
+    if record.conversion_id + SUFFIX != os.path.basename(path) \
+            or os.sep in record.conversion_id:
+        raise StatusError("%s: its conversion id %r does not name this file"
+                          % (path, record.conversion_id))
     return record
 
 
