@@ -12,7 +12,8 @@ The output directory is checked first (output_directory): root must not work
 in a directory that another user can change under it, since renaming the
 staging directory away and putting a link in its place would redirect
 root's writes onto any file.  Every directory on the way must belong to root
-(or to the user running gnt-ovf) and be writable by nobody else, except
+(or to the user running gnt-ovf, or to Ganeti's daemon users) and be writable
+by nobody else, except
 root's sticky directories such as /tmp, where others cannot move our
 entries.  The path is resolved once and only the resolved path is used.
 """
@@ -26,6 +27,8 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from ganeti import errors, runtime
 
 from ganeti_ovf.errors import PublishError
 
@@ -57,16 +60,33 @@ def rename_noreplace(source: str, target: str) -> None:
     os.rename(source, target)
 
 
-def _unsafe_directory(path: str, info: os.stat_result) -> str:
-    """Why another user could change the entries of directory `path` ("" if
-    nobody can)."""
-    trusted = (0, os.geteuid())
-    if info.st_uid not in trusted:
+def _trusted_ids() -> tuple:
+    """(uids, gids) that may own the output directory's path: root, the user
+    running gnt-ovf, and Ganeti's own daemon users and groups (they own
+    /var/lib/ganeti; whoever controls them controls the cluster already)."""
+    uids, gids = {0, os.geteuid()}, {0}
+    try:
+        ents = runtime.GetEnts()
+    except errors.GenericError:  # Ganeti's users are not set up here
+        return uids, gids
+    for name, value in vars(ents).items():
+        if name.endswith("_uid"):
+            uids.add(value)
+        elif name.endswith("_gid") and name != "admin_gid":
+            gids.add(value)
+    return uids, gids
+
+
+def _unsafe_directory(info: os.stat_result, trusted: tuple) -> str:
+    """Why another user could change the entries of a directory ("" if
+    nobody untrusted can)."""
+    uids, gids = trusted
+    if info.st_uid not in uids:
         return "belongs to uid %d" % info.st_uid
     sticky = bool(info.st_mode & stat.S_ISVTX)
     if info.st_mode & stat.S_IWOTH and not sticky:
         return "is writable by every user"
-    if info.st_mode & stat.S_IWGRP and info.st_gid != 0 and not sticky:
+    if info.st_mode & stat.S_IWGRP and info.st_gid not in gids and not sticky:
         return "is writable by group %d" % info.st_gid
     return ""
 
@@ -76,6 +96,7 @@ def output_directory(path: str) -> str:
     can change it or a directory above it; PublishError naming the culprit.
     A missing tail is fine: it is created later, by root, private."""
     resolved = os.path.realpath(path)
+    trusted = _trusted_ids()
     current = "/"
     for part in [""] + [p for p in resolved.split("/") if p]:
         current = os.path.join(current, part) if part else "/"
@@ -88,7 +109,7 @@ def output_directory(path: str) -> str:
                                % (current, err.strerror))
         if not stat.S_ISDIR(info.st_mode):
             raise PublishError("%s: the output directory is not a directory" % current)
-        problem = _unsafe_directory(current, info)
+        problem = _unsafe_directory(info, trusted)
         if problem:
             raise PublishError("%s: refused as (part of) the output directory: it %s,"
                                " who could redirect what gnt-ovf writes there"
