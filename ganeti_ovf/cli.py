@@ -35,9 +35,11 @@ OUTPUT_DIR_OPT = cli_option("--output-dir", dest="output_dir", default=None,
                             help="Where to write the result (import: default"
                             " %s; export: default the current directory)"
                             % pathutils.EXPORT_DIR)
-SYSTEM_OPT = cli_option("--system", dest="system", default=None, metavar="<id|name>",
+SYSTEM_OPT = cli_option("--system", dest="system", default=None, metavar="<id|name|all>",
+                        action="append",
                         help="The virtual system to import from a package that"
-                        " holds several")
+                        " holds several; repeat it, or say 'all', to import"
+                        " several in one run (one instance each, all or none)")
 PROFILE_OPT = cli_option("--profile", dest="profile", default=None, metavar="<id>",
                          help="The DeploymentOptionSection profile to use"
                          " (default: the package's default)")
@@ -261,17 +263,48 @@ def ImportPackage(opts, args):
     jobs.check_import_options(opts, output_dir)
     request = importer.ImportRequest(
         package_path=args[0], output_dir=output_dir, overrides=_overrides(opts),
-        system=opts.system, profile=opts.profile, force=opts.force,
+        system=opts.system[0] if opts.system else None, profile=opts.profile,
+        force=opts.force,
         require_manifest=opts.require_manifest, trust_store=opts.trust_store,
         require_signature=opts.require_signature,
         max_disk_size=_size_option(opts.max_disk_size, "--max-disk-size",
                                    importer.DEFAULT_MAX_DISK_SIZE))
+    if importer.several_systems(opts.system or []):
+        return _import_systems(opts, request)
     result = importer.import_package(request, _feedback(opts))
     ToStdout("Instance %s written to %s", result.plan.system.name, result.directory)
     if opts.submit_import:
         jobs.submit_import(result.plan.system, result.directory, opts)
         ToStdout("Instance %s imported", result.plan.system.name)
         return 0
+    _import_hint(result)
+    return 0
+
+
+def _import_systems(opts, request) -> int:
+    """import --system all (or several --system): one export directory per
+    virtual system, published together; with --submit-import one job each."""
+    results = importer.import_systems(request, opts.system, _feedback(opts))
+    for result in results:
+        ToStdout("Instance %s written to %s", result.plan.system.name, result.directory)
+    if not opts.submit_import:
+        for result in results:
+            _import_hint(result)
+        return 0
+    submitted = []
+    for result in results:
+        try:
+            jobs.submit_import(result.plan.system, result.directory, opts)
+            ToStdout("Instance %s imported", result.plan.system.name)
+        except errors.JobSubmittedException as job:  # --submit: collect every id
+            submitted.append(str(job.args[0]))
+    if submitted:
+        raise errors.JobSubmittedException(", ".join(submitted))
+    return 0
+
+
+def _import_hint(result) -> None:
+    """How to import the export directory `result` wrote into the cluster."""
     if ganeti_export.under_export_dir(result.directory, pathutils.EXPORT_DIR):
         ToStdout("Import it with: gnt-backup import -n NODE --src-node NODE"
                  " --src-dir %s %s", result.directory, result.plan.system.name)
@@ -282,7 +315,6 @@ def ImportPackage(opts, args):
                  " gnt-backup import --src-dir %s/%s", result.directory,
                  pathutils.EXPORT_DIR, result.directory, pathutils.EXPORT_DIR,
                  pathutils.EXPORT_DIR, result.plan.system.name)
-    return 0
 
 
 @_library_errors

@@ -187,6 +187,10 @@ def to_text(document: dict) -> str:
                 ganeti["hypervisor"] or "unset", " ".join(ganeti["tags"]) or "none"))
         if system["dropped_parameters"]:
             lines.append("  Not applied on import: %s" % ", ".join(system["dropped_parameters"]))
+    if len(document["systems"]) > 1:
+        lines.append("Import one virtual system with: gnt-ovf import --system ID|NAME;"
+                     " all %d (one instance each) with: gnt-ovf import --system all"
+                     % len(document["systems"]))
     for warning in document["warnings"]:
         lines.append("Warning: %s" % warning)
     return "\n".join(lines)
