@@ -86,8 +86,8 @@ EXTERNAL_OPT = cli_option("--external", dest="external", default=False,
 MANIFEST_OPT = cli_option("--manifest", dest="manifest", default="sha256",
                           choices=["sha1", "sha256", "sha512", "none"],
                           metavar="sha1|sha256|sha512|none",
-                          help="Manifest digest (default: sha256; vCenter 6.5+"
-                          " refuses sha1, very old clients refuse sha256)")
+                          help="Manifest digest (default: sha256; vSphere before"
+                          " 6.5 refuses sha256, and COT refuses it in OVF 1.0)")
 OVF_VERSION_OPT = cli_option("--ovf-version", dest="ovf_version", default="1.0",
                              choices=["1.0", "2.0"], metavar="1.0|2.0",
                              help="OVF version of the descriptor (default: 1.0)")

@@ -238,7 +238,7 @@ def import_systems(request: ImportRequest, wanted: Sequence[str],
         every = [m for per_system in members for ms in per_system.values() for m in ms]
         unique = list({member.name: member for member in every}.values())
         checks = check_manifest(package, unique, request.require_manifest, feedback)
-        for plan, per_system in zip(plans, members):
+        for plan, per_system in zip(plans, members, strict=True):
             warnings.extend(_check_sizes(plan.system, per_system, request.max_disk_size))
         _check_free_space(output_dir, every)
         for warning in warnings:
@@ -247,7 +247,7 @@ def import_systems(request: ImportRequest, wanted: Sequence[str],
         stagings = [first] + [stack.enter_context(publish.Staging(output_dir, name))
                               for name in names[1:]]
         results = []
-        for index, (plan, staging) in enumerate(zip(plans, stagings)):
+        for index, (plan, staging) in enumerate(zip(plans, stagings, strict=True)):
             staging.name = plan.system.name
             staging.target = os.path.join(output_dir, staging.name)
             # Each digest runs beside the first system that reads its file.

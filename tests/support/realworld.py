@@ -103,7 +103,7 @@ def vcenter_appliance():
         '    <Disk ovf:capacity="%d" ovf:capacityAllocationUnits="byte * 2^30"'
         ' ovf:diskId="disk%d" ovf:fileRef="file%d" ovf:format="%s"'
         ' ovf:populatedSize="%d"/>' % (gib, n, n, STREAM_OPTIMIZED, gib << 28)
-        for n, gib in zip((1, 2, 3), VCENTER_SYSTEM_GIB))
+        for n, gib in zip((1, 2, 3), VCENTER_SYSTEM_GIB, strict=True))
     disks += "".join(
         '\n    <Disk ovf:capacity="%d" ovf:capacityAllocationUnits="byte * 2^30"'
         ' ovf:diskId="%s" ovf:format="%s"/>' % (gib, disk_id, STREAM_OPTIMIZED)
@@ -191,7 +191,8 @@ def ovftool_descriptor(hrefs=tuple(href for href, _ in OVFTOOL_DISKS),
     disks = "\n".join(
         '    <Disk ovf:capacity="%d" ovf:capacityAllocationUnits="byte * 2^20"'
         ' ovf:diskId="vmdisk%d" ovf:fileRef="file%d" ovf:format="%s"/>'
-        % (size // MIB, n, n, fmt) for n, (size, fmt) in enumerate(zip(sizes, formats), 1))
+        % (size // MIB, n, n, fmt)
+        for n, (size, fmt) in enumerate(zip(sizes, formats, strict=True), 1))
     items = [_cpu(1, 1), _memory(2, 256),
              _item(6, 3, ("ElementName", "SCSI controller 0"),
                    ("ResourceSubType", "lsilogic"))]
@@ -334,7 +335,8 @@ def suse_descriptor(declare_prefixes=True):
 VAPP_SYSTEMS = (("web", "web.example.com", "web-disk1.vmdk", 16 * MIB),
                 ("db", "db.example.com", "db-disk1.vmdk", 12 * MIB))
 # What vApp exports really declare (with a space): not a valid URI.
-BROKEN_NAMESPACE = "http://schemas.dmtf.org/wbem/wscim/1/cim2608 schema/2/CIM_VirtualSystemSettingData"
+BROKEN_NAMESPACE = ("http://schemas.dmtf.org/wbem/wscim/1/cim2608 schema/2/"
+                    "CIM_VirtualSystemSettingData")
 
 
 def vapp_disks():
@@ -352,7 +354,7 @@ def vapp(names=tuple(name for _, name, _, _ in VAPP_SYSTEMS)):
         % (size // MIB, system_id, system_id, STREAM_OPTIMIZED)
         for system_id, _, _, size in VAPP_SYSTEMS)
     systems = []
-    for (system_id, _, _, _), name, os_id in zip(VAPP_SYSTEMS, names, ("96", "-1")):
+    for (system_id, _, _, _), name, os_id in zip(VAPP_SYSTEMS, names, ("96", "-1"), strict=True):
         items = "\n".join([
             _cpu(1, 1), _memory(2, 512 if system_id == "web" else 1024),
             _item(6, 3, ("ElementName", "SCSI controller 0"),
