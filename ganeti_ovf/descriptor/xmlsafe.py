@@ -84,7 +84,8 @@ def parse_xml(data: bytes, source: str,
     return root
 
 
-def _syntax_error(source: str, err: etree._LogEntry) -> DescriptorError:
+def _syntax_error(source: str, err: object) -> DescriptorError:
+    """The one-line error for an XMLSyntaxError or a libxml2 log entry."""
     message = (getattr(err, "msg", None) or getattr(err, "message", None) or str(err)
                or "invalid XML").splitlines()[0]
     line = getattr(err, "lineno", None) or getattr(err, "line", None)
