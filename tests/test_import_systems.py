@@ -78,7 +78,7 @@ def test_info_says_how_to_import_a_vapp(vapp):
     document = json.loads(run_gnt_ovf("info", "--output=json", path, check=True).stdout)
     assert [s["id"] for s in document["systems"]] == ["web", "db"]
     single = run_gnt_ovf("import", "--output-dir", vapp[2], path)
-    assert "choose one with --system" in failure(single)
+    assert "choose one with --system, or import all with --system all" in failure(single)
 
 
 @pytest.mark.parametrize("systems", [["all"], ["db", "web.example.com"]],
