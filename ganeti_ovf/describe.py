@@ -166,10 +166,10 @@ def to_text(document: dict) -> str:
         lines.append("Virtual system %s%s" % (
             system["id"], " (%s)" % system["name"] if system["name"] != system["id"] else ""))
         os_info = system["os"]
-        lines.append("  OS: %s" % ", ".join(str(v) for v in (
+        lines.append("  OS: %s" % (", ".join(str(v) for v in (
             os_info["ganeti_os"], os_info["description"],
             "CIM %s" % os_info["cim_id"] if os_info["cim_id"] is not None else None)
-            if v) or "  OS: unknown")
+            if v) or "unknown"))
         lines.append("  vCPUs: %s, memory: %s MiB" % (system["vcpus"], system["memory_mib"]))
         for index, disk in enumerate(system["disks"]):
             source = "blank" if disk["blank"] else "%s%s%s" % (

@@ -73,7 +73,7 @@ def test_info_says_how_to_import_a_vapp(vapp):
     path, _, _ = vapp
     text = run_gnt_ovf("info", path, check=True).stdout
     assert "Virtual system web (web.example.com)" in text
-    assert "Virtual system db (db.example.com)" in text
+    assert "Virtual system db (db.example.com)\n  OS: unknown\n" in text
     assert "--system all" in text and "--system ID|NAME" in text
     document = json.loads(run_gnt_ovf("info", "--output=json", path, check=True).stdout)
     assert [s["id"] for s in document["systems"]] == ["web", "db"]
