@@ -101,6 +101,22 @@ def test_system_all_imports_every_system(vapp, systems):
     assert result.stderr.count("ovf:size '-1'") == 1
 
 
+def test_system_all_json_result(vapp):
+    path, sources, out = vapp
+    result = run_gnt_ovf("import", "--output=json", "--output-dir", out, "--system", "all",
+                         path, check=True)
+    doc = json.loads(result.stdout)
+    assert (doc["command"], doc["submitted"]) == ("import", False)
+    by_name = {system["instance"]: system for system in doc["systems"]}
+    assert sorted(by_name) == ["db.example.com", "web.example.com"]
+    for _system_id, name, href, _size in realworld.VAPP_SYSTEMS:
+        (disk,) = by_name[name]["disks"]
+        assert disk["path"] == os.path.join(out, name, "disk0.raw")
+        assert sha256_file(disk["path"]) == sha256_file(sources[href])
+        assert by_name[name]["next_step"] is None  # outside Ganeti's export directory
+    assert [w for w in doc["warnings"] if "outside Ganeti's export directory" in w]
+
+
 def test_clashing_names_leave_nothing(tmp_path):
     path, _ = realworld.package(str(tmp_path), realworld.vapp(
         names=("shop.example.com", "SHOP.example.com")), realworld.vapp_disks(), name="shop")
