@@ -21,7 +21,7 @@ from ovfschema import SCHEMA_DIR, ovf10_errors, validate_ovf10
 from ganeti_ovf import model
 from ganeti_ovf.descriptor import osids, versions
 from ganeti_ovf.descriptor.reader import parse_descriptor
-from ganeti_ovf.descriptor.writer import write_descriptor
+from ganeti_ovf.descriptor.writer import SCSI_UNITS, write_descriptor
 from ganeti_ovf.errors import DescriptorError
 
 OVF1 = "http://schemas.dmtf.org/ovf/envelope/1"
@@ -455,10 +455,16 @@ def _expected_back(app: model.Appliance, version: str, external: bool) -> model.
         ganeti = dataclasses.replace(system.ganeti, os_private_params=())
     else:
         disks = tuple(dataclasses.replace(disk, name=None) for disk in disks)
+    # The writer puts every disk without a controller on SCSI (lsilogic),
+    # controller item 3 (after CPU and memory), at the units vSphere allows.
+    controller = model.Controller(6, "lsilogic", "0", "Item 3")
+    disks = tuple(dataclasses.replace(disk, controller=controller, unit=str(unit))
+                  for disk, unit in zip(disks, SCSI_UNITS))
     os_type = osids.os_type_for(system.ganeti.os_name if system.ganeti else None)
     system = dataclasses.replace(
         system, os_id=os_type.cim_id, os_description=os_type.description,
-        hardware_family="vmx-10", nics=tuple(nics), disks=disks, ganeti=ganeti)
+        hardware_family="vmx-10", nics=tuple(nics), disks=disks, ganeti=ganeti,
+        vmware_os_type=os_type.vmware)
     return model.Appliance(version, (system,), app.files)
 
 
