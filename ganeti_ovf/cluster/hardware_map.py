@@ -326,12 +326,36 @@ def cluster_default_hypervisor() -> Optional[str]:
     return enabled[0] if enabled else None
 
 
-def describe(mapping: Mapping) -> dict:
-    """The mapping as `gnt-ovf info` documents it (JSON)."""
-    return {"hypervisor": mapping.hypervisor,
-            "parameters": [{"name": p.name, "value": p.value, "source": p.source,
-                            "reason": p.why} for p in mapping.params],
-            "notes": list(mapping.notes)}
+def describe(system: model.VirtualSystem) -> dict:
+    """What import would set from `system`'s hardware, for `gnt-ovf info`
+    (JSON; see gnt-ovf(8), INFO JSON SCHEMA): the package's Ganeti hypervisor,
+    else the cluster's default, else kvm."""
+    package = system.ganeti.hypervisor if system.ganeti else None
+    hypervisor = package or cluster_default_hypervisor() or KVM
+    mapping = import_mapping(system, hypervisor)
+    given = dict(system.ganeti.hypervisor_params) if system.ganeti else {}
+    parameters = []
+    for group in mapping.groups:
+        kept = any(param.name in given for param in group)
+        parameters.extend({"name": p.name, "value": p.value, "source": p.source,
+                           "reason": p.why, "package_sets_it": kept} for p in group)
+    return {"hypervisor": hypervisor, "parameters": parameters, "notes": list(mapping.notes)}
+
+
+def describe_text(section: dict) -> List[str]:
+    """The text lines of describe()'s section."""
+    lines = ["  Hardware for %s: %s=%s (from %s)%s" % (
+        section["hypervisor"], p["name"], p["value"], p["source"],
+        "; the package's Ganeti section sets it" if p["package_sets_it"] else "")
+        for p in section["parameters"]]
+    return lines + ["  Hardware note: %s" % note for note in section["notes"]]
+
+
+def controller_info(controller: Optional[model.Controller]) -> Optional[dict]:
+    if controller is None:
+        return None
+    return {"resource_type": controller.resource_type, "subtype": controller.subtype,
+            "address": controller.address, "source": controller.source}
 
 
 def line(param: Param) -> str:
