@@ -302,8 +302,12 @@ class _Writer:
             description = osids.description_for(cim_id)
         section = etree.SubElement(parent, self._ovf("OperatingSystemSection"))
         section.set(self._ovf("id"), str(cim_id))
-        if cim_id == guess.cim_id and guess.vmware:
-            section.set("{%s}osType" % versions.VMW_NS, guess.vmware)
+        vmware = system.vmware_os_type
+        if vmware is None and cim_id == guess.cim_id:
+            vmware = osids.vmware_guest_id(os_name)
+        if vmware:
+            section.set("{%s}osType" % versions.VMW_NS,
+                        check_text(vmware, "OperatingSystemSection vmw:osType"))
         add(section, self._ovf("Info"), "The kind of installed guest operating system",
             "OperatingSystemSection Info")
         add(section, self._ovf("Description"), description,
