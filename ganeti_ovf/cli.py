@@ -23,7 +23,7 @@ from ganeti.cli import ArgFile, ArgUnknown, ToStderr, ToStdout, cli_option
 
 import ganeti_ovf
 from ganeti_ovf import describe, exporter, importer, publish
-from ganeti_ovf.cluster import ganeti_export, jobs, status
+from ganeti_ovf.cluster import ganeti_export, hardware_map, jobs, status
 from ganeti_ovf.errors import OptionError, OvfError, printable
 from ganeti_ovf.package.reader import Package
 from ganeti_ovf.plan import ImportOverrides
@@ -101,9 +101,16 @@ HARDWARE_FAMILY_OPT = cli_option("--hardware-family", dest="hardware_family",
                                  default="vmx-10", metavar="<type>",
                                  help="VirtualSystemType of the package"
                                  " (default: vmx-10)")
-NIC_MODEL_OPT = cli_option("--nic-model", dest="nic_model", default="E1000",
+NIC_MODEL_OPT = cli_option("--nic-model", dest="nic_model", default=None,
                            metavar="<model>",
-                           help="Network adapter model (default: E1000)")
+                           help="Network adapter model, the rasd:ResourceSubType"
+                           " (default: from the instance's nic_type, else E1000)")
+DISK_CONTROLLER_OPT = cli_option("--disk-controller", dest="disk_controller",
+                                 default=None,
+                                 choices=sorted(hardware_map.DISK_CONTROLLERS),
+                                 metavar="|".join(sorted(hardware_map.DISK_CONTROLLERS)),
+                                 help="Disk controller of the package (default: from"
+                                 " the instance's disk_type, else lsilogic)")
 SIGN_OPT = cli_option("--sign", dest="sign_key", default=None, metavar="<key.pem>",
                       help="Sign the manifest with this PEM private key (writes a"
                       " .cert in ovftool's format; needs --cert)")
@@ -159,7 +166,8 @@ info_opts = [OUTPUT_FORMAT_OPT, PROFILE_OPT, VERIFY_OPT, TRUST_STORE_OPT]
 export_opts = [
     FORMAT_OPT, COMPRESS_OPT, OVA_OPT, EXTERNAL_OPT, MANIFEST_OPT, OVF_VERSION_OPT,
     OUTPUT_DIR_OPT, EXPORT_NAME_OPT, REPLACE_OPT, HARDWARE_FAMILY_OPT, NIC_MODEL_OPT,
-    CHUNK_SIZE_OPT, SIGN_OPT, CERT_OPT, cli.VERBOSE_OPT, RESULT_OUTPUT_OPT,
+    DISK_CONTROLLER_OPT, CHUNK_SIZE_OPT, SIGN_OPT, CERT_OPT, cli.VERBOSE_OPT,
+    RESULT_OUTPUT_OPT,
     # --node: the gnt-backup export job first, with its options
     EXPORT_NODE_OPT, REFRESH_OPT, cli.NOSHUTDOWN_OPT, SHUTDOWN_TIMEOUT_OPT,
     cli.LONG_SLEEP_OPT, cli.TRANSPORT_COMPRESSION_OPT,
@@ -331,7 +339,8 @@ def _overrides(opts) -> ImportOverrides:
         hypervisor_params=hv_params, os_name=opts.os, os_params=opts.osparams,
         backend_params=opts.beparams, blank_disks=_blank_disks(opts.disks),
         nics=_indexed(opts.nics, "--net"), no_nics=opts.no_nics, tags=tags,
-        keep_host_params=opts.keep_host_params)
+        keep_host_params=opts.keep_host_params,
+        default_hypervisor=hardware_map.cluster_default_hypervisor())
 
 
 # ------------------------------------------------------------------ commands
@@ -366,7 +375,7 @@ def ImportPackage(opts, args):
     name = result.plan.system.name
     as_json = opts.output_format == "json"
     if not as_json:
-        ToStdout("Instance %s written to %s", name, result.directory)
+        _written(result)
     next_step = None
     if opts.submit_import:
         jobs.submit_import(result.plan.system, result.directory, opts)
@@ -392,7 +401,7 @@ def _import_systems(opts, request) -> int:
     results = importer.import_systems(request, opts.system, feedback)
     if not as_json:
         for result in results:
-            ToStdout("Instance %s written to %s", result.plan.system.name, result.directory)
+            _written(result)
     steps = {}
     if not opts.submit_import:
         for result in results:
@@ -418,10 +427,20 @@ def _import_systems(opts, request) -> int:
     return 0
 
 
+def _written(result) -> None:
+    """What the import wrote, and the hypervisor parameters it chose from the
+    package's virtual hardware."""
+    for param in result.plan.hardware:
+        ToStdout("Hardware: %s", printable(hardware_map.line(param)))
+    ToStdout("Instance %s written to %s", result.plan.system.name, result.directory)
+
+
 def _import_fields(result, next_step: Optional[str]) -> dict:
     """One imported system in the JSON result."""
     return {"instance": result.plan.system.name, "directory": result.directory,
             "next_step": next_step,
+            "hardware": [{"name": param.name, "value": param.value, "source": param.source,
+                          "why": param.why} for param in result.plan.hardware],
             "disks": [{"index": index, "path": os.path.join(result.directory, disk.dump),
                        "size_mib": disk.size_mib}
                       for index, disk in enumerate(result.disks)]}
@@ -503,7 +522,7 @@ def ExportPackage(opts, args):
         name=opts.name, compress=opts.compress, ova=opts.ova, external=opts.external,
         manifest_algorithm=None if opts.manifest == "none" else opts.manifest,
         ovf_version=opts.ovf_version, hardware_family=opts.hardware_family,
-        nic_model=opts.nic_model,
+        nic_model=opts.nic_model, disk_controller=opts.disk_controller,
         chunk_size=exporter.parse_chunk_size(opts.chunk_size),
         sign_key=opts.sign_key, sign_cert=opts.sign_cert,
         force=opts.force)

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from ganeti_ovf import importer
 from ganeti_ovf import plan as plan_rules
+from ganeti_ovf.cluster import hardware_map
 from ganeti_ovf.errors import OvfError
 from ganeti_ovf.package.manifest import verify_member
 from ganeti_ovf.model import Appliance, VirtualSystem
@@ -65,6 +66,9 @@ def _system(system: VirtualSystem, package: Package) -> dict:
             "compression": disk.file.compression if disk.file else None,
             "chunk_size": disk.file.chunk_size if disk.file else None,
             "name": disk.name,
+            "controller": hardware_map.controller_info(disk.controller),
+            "unit": disk.unit,
+            "boot": disk.boot,
         } for disk in system.disks],
         "nics": [{"network": nic.network, "mac": nic.mac, "model": nic.model,
                   "mode": nic.mode, "link": nic.link} for nic in system.nics],
@@ -78,6 +82,10 @@ def _system(system: VirtualSystem, package: Package) -> dict:
             "tags": list(ganeti.tags),
         },
         "dropped_parameters": dropped,
+        "vmware_os_type": system.vmware_os_type,
+        "cores_per_socket": system.cores_per_socket,
+        "firmware": system.firmware,
+        "hardware_mapping": hardware_map.describe(system),
     }
 
 
@@ -185,6 +193,7 @@ def to_text(document: dict) -> str:
             lines.append("  Ganeti: OS %s, template %s, hypervisor %s, tags %s" % (
                 ganeti["os"] or "unset", ganeti["disk_template"] or "unset",
                 ganeti["hypervisor"] or "unset", " ".join(ganeti["tags"]) or "none"))
+        lines.extend(hardware_map.describe_text(system["hardware_mapping"]))
         if system["dropped_parameters"]:
             lines.append("  Not applied on import: %s" % ", ".join(system["dropped_parameters"]))
     if len(document["systems"]) > 1:

@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional, Tuple
 
-from ganeti_ovf.cluster import ganeti_export
+from ganeti_ovf.cluster import ganeti_export, hardware_map
 from ganeti_ovf.package import manifest, signature
 from ganeti_ovf import plan, publish
 from ganeti_ovf.disks import qemu, vmdkstream
@@ -56,7 +56,8 @@ class ExportRequest:
     manifest_algorithm: Optional[str] = "sha256"
     ovf_version: str = "1.0"
     hardware_family: str = "vmx-10"
-    nic_model: str = "E1000"
+    nic_model: Optional[str] = None  # None: from the instance's nic_type
+    disk_controller: Optional[str] = None  # None: from the instance's disk_type
     chunk_size: Optional[int] = None
     force: bool = False
     sign_key: Optional[str] = None  # PEM private key: write a .cert signing the manifest
@@ -317,7 +318,7 @@ def export_package(request: ExportRequest, feedback: Feedback) -> ExportResult:
                                                     sink, staging.scratch(), feedback)
             appliance = _appliance(request, export, name, hrefs, capacities, stored_sizes)
             descriptor = write_descriptor(appliance, request.ovf_version, request.external,
-                                          request.hardware_family, request.nic_model)
+                                          request.hardware_family)
             if ova is not None:
                 descriptor = _pad(descriptor, ova, descriptor_name)
             manifest_bytes = _manifest(request.manifest_algorithm, descriptor_name,
@@ -396,6 +397,7 @@ def _appliance(request: ExportRequest, export, name: str, hrefs: list,
                           name=export.disks[index].name))
     system = dataclasses.replace(export.system, system_id=name, name=name,
                                  disks=tuple(disks))
+    system = hardware_map.for_export(system, request.disk_controller, request.nic_model)
     return Appliance(ovf_version=request.ovf_version, systems=(system,),
                      files=tuple(files))
 
@@ -406,7 +408,7 @@ def _descriptor_room(request: ExportRequest, export, name: str, hrefs: list,
     widest = _appliance(request, export, name, hrefs, capacities,
                         [_LARGEST_SIZE] * len(hrefs))
     return len(write_descriptor(widest, request.ovf_version, request.external,
-                                request.hardware_family, request.nic_model))
+                                request.hardware_family))
 
 
 def _manifest_room(algorithm: str, names: list) -> int:

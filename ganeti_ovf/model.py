@@ -44,6 +44,23 @@ class FileRef:
 
 
 @dataclass(frozen=True)
+class Controller:
+    """The storage controller a disk hangs on, as the package declares it.
+
+    `resource_type` is the CIM ResourceType of the controller item (5 IDE,
+    6 parallel SCSI, 20 other storage: SATA, NVMe), or 0 when only oVirt's
+    ovf:disk-interface names the bus.  `subtype` is rasd:ResourceSubType (or
+    the disk-interface value) as written: vendors spell it differently, and
+    the hardware map (cluster/hardware_map.py) reads it.
+    """
+
+    resource_type: int
+    subtype: Optional[str] = None
+    address: Optional[str] = None  # rasd:Address: the controller's bus number
+    source: str = ""  # where it was read, for messages ("Item 3", "ovf:disk-interface")
+
+
+@dataclass(frozen=True)
 class Disk:
     """A virtual disk: DiskSection/Disk joined with its hardware item."""
 
@@ -53,6 +70,9 @@ class Disk:
     format_uri: Optional[str] = None  # ovf:format, informative only on import
     populated_size: Optional[int] = None
     name: Optional[str] = None  # Ganeti disk name (diskN_name)
+    controller: Optional[Controller] = None  # None: the package does not say
+    unit: Optional[str] = None  # rasd:AddressOnParent: the slot on the controller
+    boot: bool = False  # the package marks it as the boot disk (oVirt's ovf:boot)
 
     @property
     def blank(self) -> bool:
@@ -110,6 +130,9 @@ class VirtualSystem:
     vcpus: Optional[int] = None
     memory_mib: Optional[int] = None
     hardware_family: Optional[str] = None  # vssd:VirtualSystemType
+    vmware_os_type: Optional[str] = None  # OperatingSystemSection vmw:osType
+    cores_per_socket: Optional[int] = None  # vmw:CoresPerSocket of the CPU item
+    firmware: Optional[str] = None  # "efi" or "bios" when the package says
     disks: Tuple[Disk, ...] = ()
     nics: Tuple[Nic, ...] = ()
     ganeti: Optional[GanetiSettings] = None

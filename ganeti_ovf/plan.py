@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from ganeti import constants, errors, netutils, objects, utils
 
+from ganeti_ovf.cluster import hardware_map
 from ganeti_ovf.errors import OptionError
 from ganeti_ovf.model import Disk, GanetiSettings, Nic, Params, VirtualSystem
 
@@ -58,6 +59,10 @@ class ImportOverrides:
     no_nics: bool = False
     tags: Optional[tuple] = None
     keep_host_params: bool = False
+    # The cluster's default hypervisor (hardware_map.cluster_default_hypervisor):
+    # the hardware mapping's target when neither the operator nor the package
+    # names one.
+    default_hypervisor: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class Plan:
     system: VirtualSystem
     warnings: tuple = ()
     dropped_params: tuple = ()  # ("hypervisor"|"os", name) pairs
+    hardware: tuple = ()  # hardware_map.Param set from the package's hardware
 
 
 def _fail(message: str) -> OptionError:
@@ -223,6 +229,8 @@ def make_plan(system: VirtualSystem, overrides: ImportOverrides) -> Plan:
             overrides.hypervisor != package.hypervisor:
         hv_params = ()  # the package's parameters belong to another hypervisor
     hv_params = _merge(hv_params, overrides.hypervisor_params, "hypervisor")
+    hv_name, hv_params, hardware = _map_hardware(system, hv_name, hv_params,
+                                                 overrides.default_hypervisor, warnings)
 
     os_params = _filter_host_params(package.os_params, "os",
                                     overrides.keep_host_params, dropped)
@@ -268,7 +276,37 @@ def make_plan(system: VirtualSystem, overrides: ImportOverrides) -> Plan:
         tags=chosen_tags)
     planned = dataclasses.replace(system, name=name, vcpus=vcpus, memory_mib=memory,
                                   disks=disks, nics=nics, ganeti=settings)
-    return Plan(system=planned, warnings=tuple(warnings), dropped_params=tuple(dropped))
+    return Plan(system=planned, warnings=tuple(warnings), dropped_params=tuple(dropped),
+                hardware=hardware)
+
+
+def _map_hardware(system: VirtualSystem, hv_name: Optional[str], hv_params: Params,
+                  default: Optional[str], warnings: list) -> tuple:
+    """Add the hypervisor parameters the package's hardware asks for, where
+    neither the operator (-H) nor the package's Ganeti section gave them.
+
+    Returns (hypervisor, parameters, the hardware_map.Params applied).  The
+    hypervisor becomes explicit when parameters are set for the cluster's
+    default, so config.ini's parameters and hypervisor agree.
+    """
+    target = hv_name or default
+    mapping = hardware_map.import_mapping(system, target or hardware_map.KVM)
+    warnings.extend(mapping.notes)
+    if target is None:
+        if mapping.params:
+            warnings.append("the hypervisor is unknown, so the package's hardware is"
+                            " not mapped (%s): name it with -H kvm or -H xen-hvm"
+                            % ", ".join("%s=%s" % (p.name, p.value) for p in mapping.params))
+        return hv_name, hv_params, ()
+    given = dict(hv_params)
+    applied = []
+    for group in mapping.groups:
+        if any(param.name in given for param in group):
+            continue  # the operator's or the package's own value wins, whole
+        applied.extend(group)
+    if not applied:
+        return hv_name, hv_params, ()
+    return (target, hv_params + tuple((p.name, p.value) for p in applied), tuple(applied))
 
 
 def _plan_disks(system: VirtualSystem, overrides: ImportOverrides,

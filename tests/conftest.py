@@ -22,4 +22,4 @@ def pytest_configure(config):
                             " (deselect with -m 'not slow')")
 
 
-from nscluster import ganeti_cluster  # noqa: E402,F401  (session fixture for end-to-end tests)
+from nscluster import ganeti_cluster, ganeti_kvm_cluster  # noqa: E402,F401  (session fixtures for end-to-end tests)

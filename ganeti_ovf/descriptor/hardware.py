@@ -48,6 +48,7 @@ class Hardware:
     memory_mib: Optional[int] = None
     disks: List[model.Disk] = field(default_factory=list)
     nics: List[model.Nic] = field(default_factory=list)
+    items: List[etree._Element] = field(default_factory=list)  # for devices.py
 
 
 def normalize_mac(text: Optional[str]) -> Optional[str]:
@@ -129,6 +130,7 @@ def read_hardware(doc: Doc, section: Optional[etree._Element], profile: Optional
     if section is None:
         return hardware
     items = select_items(doc, section, profile)
+    hardware.items = items
     positions = {}
     for index, item in enumerate(items):
         positions.setdefault(instance_id(doc, item), index)

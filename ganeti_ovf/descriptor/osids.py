@@ -13,7 +13,11 @@ definitions are Linux installers unless the name says otherwise, and a Linux
 type boots a 64-bit guest on every importer, where "Other" (1) makes VMware
 pick a 32-bit "otherGuest" type.
 
-vmw:osType is added only where VMware has a version-independent guest id.
+vmw:osType (vmware_guest_id) is VMware's guest id, which vSphere shows and
+which chooses its defaults: a version-specific id when the OS name carries a
+version VMware knows ("debian+bookworm" does not, "debootstrap+debian12"
+does), else the family's version-independent id, else "otherLinux64Guest"
+for the Linux families.
 """
 
 import re
@@ -68,6 +72,22 @@ KEYWORDS: Tuple[Tuple[str, OsType], ...] = (
 
 _WORD = re.compile(r"[a-z0-9]+")
 
+# keyword -> {version: VMware guest id}, for families whose ids are per version.
+VMWARE_VERSIONED = {
+    "debian": {str(v): "debian%d_64Guest" % v for v in range(6, 13)},
+    "rhel": {str(v): "rhel%d_64Guest" % v for v in range(5, 10)},
+    "redhat": {str(v): "rhel%d_64Guest" % v for v in range(5, 10)},
+    "centos": {str(v): "centos%d_64Guest" % v for v in (6, 7, 8, 9)},
+    "sles": {str(v): "sles%d_64Guest" % v for v in (10, 11, 12, 15)},
+    "win": {"10": "windows9_64Guest", "11": "windows11_64Guest",
+            "2012": "windows8Server64Guest", "2016": "windows9Server64Guest",
+            "2019": "windows2019srv_64Guest", "2022": "windows2019srvNext_64Guest"},
+}
+VMWARE_VERSIONED["windows"] = VMWARE_VERSIONED["win"]
+VMWARE_VERSIONED["debootstrap"] = VMWARE_VERSIONED["debian"]
+OTHER_LINUX_VMWARE = "otherLinux64Guest"
+_NOT_LINUX = ("freebsd", "openbsd", "netbsd", "solaris", "win", "windows")
+
 
 def os_type_for(os_name: Optional[str]) -> OsType:
     """The OsType guessed from a Ganeti OS name (see the module docstring)."""
@@ -89,3 +109,24 @@ def description_for(cim_id: int) -> str:
         if os_type.cim_id == cim_id:
             return os_type.description
     return "CIM operating system type %d" % cim_id
+
+
+def vmware_guest_id(os_name: Optional[str]) -> Optional[str]:
+    """VMware's guest id (vmw:osType) for a Ganeti OS name (module docstring)."""
+    os_type = os_type_for(os_name)
+    words = _WORD.findall((os_name or "").lower())
+    for index, word in enumerate(words):
+        for keyword, versions in VMWARE_VERSIONED.items():
+            if not word.startswith(keyword):
+                continue
+            version = word[len(keyword):]
+            if not version and index + 1 < len(words):
+                version = words[index + 1]  # "debian-12", "win 2019"
+            if version in versions:
+                return versions[version]
+    if os_type.vmware:
+        return os_type.vmware
+    keyword = next((k for k, t in KEYWORDS if t is os_type), None)
+    if os_type.cim_id in (1, 102) or keyword in _NOT_LINUX:
+        return None
+    return OTHER_LINUX_VMWARE

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 from lxml import etree
 
 from ganeti_ovf import model
-from ganeti_ovf.descriptor import hardware, units, versions
+from ganeti_ovf.descriptor import devices, hardware, units, versions
 from ganeti_ovf.descriptor.ganeti_section import (
     SECTION,
     GanetiData,
@@ -338,7 +338,8 @@ def _read_system(doc: Doc, element: etree._Element, index: int, profile: Optiona
             family = doc.child_value(system_settings, "VirtualSystemType")
     found = hardware.read_hardware(doc, section, profile, disks, files)
     nics = _add_vbox_macs(doc, element, found.nics)
-    disk_list = found.disks
+    found_devices = devices.read_devices(doc, element, section, found.items, found.disks)
+    disk_list = found_devices.disks
     settings = None
     if ganeti is not None:
         settings = ganeti.settings
@@ -351,7 +352,8 @@ def _read_system(doc: Doc, element: etree._Element, index: int, profile: Optiona
         system_id=system_id, name=name or doc.attr_value(element, "id"),
         os_id=os_id, os_description=os_description, vcpus=found.vcpus,
         memory_mib=found.memory_mib, hardware_family=family, disks=tuple(disk_list),
-        nics=tuple(nics), ganeti=settings)
+        nics=tuple(nics), ganeti=settings, vmware_os_type=found_devices.vmware_os_type,
+        cores_per_socket=found_devices.cores_per_socket, firmware=found_devices.firmware)
 
 
 def _os_id(doc: Doc, section: etree._Element) -> Optional[int]:

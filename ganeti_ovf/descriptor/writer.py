@@ -23,6 +23,7 @@ The output is deterministic: the same model gives the same bytes.
 """
 
 import urllib.parse
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from lxml import etree
@@ -42,9 +43,28 @@ MAX_SCSI_CONTROLLERS = 4
 
 RT_PROCESSOR = 3
 RT_MEMORY = 4
+RT_IDE = 5
 RT_SCSI = 6
 RT_ETHERNET = 10
 RT_DISK = 17
+RT_OTHER_STORAGE = 20  # SATA (AHCI), as VMware and VirtualBox write it
+
+
+@dataclass(frozen=True)
+class Bus:
+    """A kind of disk controller: its slots and how many vSphere allows."""
+
+    units: Tuple[int, ...]
+    controllers: int
+    description: str
+    element_name: str
+
+
+BUSES = {
+    RT_IDE: Bus((0, 1), 2, "IDE Controller", "IDE"),  # master and slave, two channels
+    RT_SCSI: Bus(SCSI_UNITS, MAX_SCSI_CONTROLLERS, "SCSI Controller", "SCSI controller"),
+    RT_OTHER_STORAGE: Bus(tuple(range(30)), 4, "SATA Controller", "SATA controller"),
+}
 
 # CIM_ResourceAllocationSettingData_Type's xs:sequence, in schema order.
 RASD_ORDER = (
@@ -147,9 +167,16 @@ def _href(ref: model.FileRef) -> str:
 
 def _check_disks(disks: Sequence[model.Disk], files: Dict[str, model.FileRef]) -> None:
     seen = set()
-    if len(disks) > len(SCSI_UNITS) * MAX_SCSI_CONTROLLERS:
-        raise DescriptorError("DiskSection: %d disks do not fit on %d SCSI controllers"
-                              % (len(disks), MAX_SCSI_CONTROLLERS))
+    per_kind: Dict[Tuple[int, Optional[str]], int] = {}
+    for disk in disks:
+        kind = _controller_kind(disk)
+        per_kind[kind] = per_kind.get(kind, 0) + 1
+    for (resource_type, _subtype), count in per_kind.items():
+        bus = BUSES[resource_type]
+        if count > len(bus.units) * bus.controllers:
+            raise DescriptorError("DiskSection: %d disks do not fit on %d %s controllers"
+                                  " (choose another --disk-controller)"
+                                  % (count, bus.controllers, bus.element_name.split()[0]))
     for disk in disks:
         check_text(disk.disk_id, "Disk ovf:diskId")
         if disk.disk_id in seen:
@@ -275,8 +302,12 @@ class _Writer:
             description = osids.description_for(cim_id)
         section = etree.SubElement(parent, self._ovf("OperatingSystemSection"))
         section.set(self._ovf("id"), str(cim_id))
-        if cim_id == guess.cim_id and guess.vmware:
-            section.set("{%s}osType" % versions.VMW_NS, guess.vmware)
+        vmware = system.vmware_os_type
+        if vmware is None and cim_id == guess.cim_id:
+            vmware = osids.vmware_guest_id(os_name)
+        if vmware:
+            section.set("{%s}osType" % versions.VMW_NS,
+                        check_text(vmware, "OperatingSystemSection vmw:osType"))
         add(section, self._ovf("Info"), "The kind of installed guest operating system",
             "OperatingSystemSection Info")
         add(section, self._ovf("Description"), description,
@@ -327,26 +358,54 @@ class _Writer:
 
     def _disk_items(self, disks: Sequence[model.Disk],
                     before: int) -> Tuple[List[Dict[str, str]], List[Dict[str, str]]]:
-        """Disk items and the SCSI controllers they hang on.
+        """Disk items and the controllers they hang on (see BUSES).
 
-        Controllers come first among them, so their InstanceIDs are known:
-        they are numbered right after the `before` items written earlier.
+        Disks keep their order; each kind of controller (the disk's
+        model.Controller, SCSI lsilogic when it has none) fills its slots
+        and then its next controller.  Controllers come first among the
+        items, so their InstanceIDs are known: they are numbered right after
+        the `before` items written earlier.
         """
-        per_controller = len(SCSI_UNITS)
-        count = (len(disks) + per_controller - 1) // per_controller
-        controllers = [
-            {"Address": str(bus), "Description": "SCSI Controller",
-             "ElementName": "SCSI controller %d" % bus,
-             "InstanceID": str(before + 1 + bus), "ResourceSubType": SCSI_SUBTYPE,
-             "ResourceType": str(RT_SCSI)}
-            for bus in range(count)]
+        controllers: List[Dict[str, str]] = []
+        placed = []
+        # kind -> [index in controllers, disks on it, buses of that kind so far]
+        current: Dict[Tuple[int, Optional[str]], List[int]] = {}
+        for disk in disks:
+            kind = _controller_kind(disk)
+            bus = BUSES[kind[0]]
+            state = current.get(kind)
+            if state is None or state[1] == len(bus.units):
+                buses = state[2] + 1 if state else 1
+                controllers.append(_controller_item(kind, buses - 1))
+                state = current[kind] = [len(controllers) - 1, 0, buses]
+            placed.append((disk, state[0], bus.units[state[1]]))
+            state[1] += 1
+        for number, fields in enumerate(controllers):
+            fields["InstanceID"] = str(before + 1 + number)
         disk_items = []
-        for index, disk in enumerate(disks):
-            bus, slot = divmod(index, per_controller)
+        for index, (disk, controller, unit) in enumerate(placed):
             disk_items.append(
-                {"AddressOnParent": str(SCSI_UNITS[slot]),
+                {"AddressOnParent": str(unit),
                  "ElementName": "Hard disk %d" % (index + 1),
                  "HostResource": "ovf:/disk/%s" % disk.disk_id,
-                 "Parent": controllers[bus]["InstanceID"],
+                 "Parent": controllers[controller]["InstanceID"],
                  "ResourceType": str(RT_DISK)})
         return disk_items, controllers
+
+
+def _controller_kind(disk: model.Disk) -> Tuple[int, Optional[str]]:
+    controller = disk.controller
+    if controller is None or controller.resource_type not in BUSES:
+        return (RT_SCSI, SCSI_SUBTYPE)
+    return (controller.resource_type, controller.subtype)
+
+
+def _controller_item(kind: Tuple[int, Optional[str]], bus: int) -> Dict[str, str]:
+    resource_type, subtype = kind
+    bus_kind = BUSES[resource_type]
+    fields = {"Address": str(bus), "Description": bus_kind.description,
+              "ElementName": "%s %d" % (bus_kind.element_name, bus),
+              "ResourceType": str(resource_type)}
+    if subtype:
+        fields["ResourceSubType"] = check_text(subtype, "disk controller ResourceSubType")
+    return fields

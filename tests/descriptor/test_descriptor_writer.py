@@ -21,7 +21,7 @@ from ovfschema import SCHEMA_DIR, ovf10_errors, validate_ovf10
 from ganeti_ovf import model
 from ganeti_ovf.descriptor import osids, versions
 from ganeti_ovf.descriptor.reader import parse_descriptor
-from ganeti_ovf.descriptor.writer import write_descriptor
+from ganeti_ovf.descriptor.writer import SCSI_UNITS, write_descriptor
 from ganeti_ovf.errors import DescriptorError
 
 OVF1 = "http://schemas.dmtf.org/ovf/envelope/1"
@@ -342,14 +342,14 @@ def test_output_is_deterministic_utf8(disk_files):
 # --- operating system ---------------------------------------------------------------
 
 @pytest.mark.parametrize("os_name,cim_id,vmw", [
-    ("debootstrap+default", 96, None),
-    ("image+debian11", 96, None),
+    ("debootstrap+default", 96, "otherLinux64Guest"),
+    ("image+debian11", 96, "debian11_64Guest"),
     ("image+ubuntu-22.04", 94, "ubuntu64Guest"),
     ("debootstrap+ubuntu", 94, "ubuntu64Guest"),
-    ("instance-image+centos7", 107, "centos64Guest"),
-    ("image+rhel9", 80, None),
+    ("instance-image+centos7", 107, "centos7_64Guest"),
+    ("image+rhel9", 80, "rhel9_64Guest"),
     ("image+fedora", 101, "fedora64Guest"),
-    ("image+sles15", 85, None),
+    ("image+sles15", 85, "sles15_64Guest"),
     ("snf-image+windows", 102, None),
     ("image+win2008r2", 103, "windows7Server64Guest"),
     ("image+freebsd13", 78, "freebsd64Guest"),
@@ -455,10 +455,16 @@ def _expected_back(app: model.Appliance, version: str, external: bool) -> model.
         ganeti = dataclasses.replace(system.ganeti, os_private_params=())
     else:
         disks = tuple(dataclasses.replace(disk, name=None) for disk in disks)
+    # The writer puts every disk without a controller on SCSI (lsilogic),
+    # controller item 3 (after CPU and memory), at the units vSphere allows.
+    controller = model.Controller(6, "lsilogic", "0", "Item 3")
+    disks = tuple(dataclasses.replace(disk, controller=controller, unit=str(unit))
+                  for disk, unit in zip(disks, SCSI_UNITS[:len(disks)], strict=True))
     os_type = osids.os_type_for(system.ganeti.os_name if system.ganeti else None)
     system = dataclasses.replace(
         system, os_id=os_type.cim_id, os_description=os_type.description,
-        hardware_family="vmx-10", nics=tuple(nics), disks=disks, ganeti=ganeti)
+        hardware_family="vmx-10", nics=tuple(nics), disks=disks, ganeti=ganeti,
+        vmware_os_type=osids.vmware_guest_id(system.ganeti.os_name if system.ganeti else None))
     return model.Appliance(version, (system,), app.files)
 
 

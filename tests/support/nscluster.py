@@ -100,6 +100,19 @@ INIT_COMMAND = [
     f"--file-storage-dir={FILE_STORAGE_DIR}", CLUSTER_NAME,
 ]
 
+#: The KVM variant (fixture `ganeti_kvm_cluster`): instances really boot,
+#: under QEMU's software emulation (TCG; /dev/kvm exists here but guests die
+#: under it, and /usr/bin/kvm forces it), from their disks (no kernel_path),
+#: with the serial console on a unix socket (Cluster.serial_socket) and QEMU
+#: exiting when the guest powers off or reboots.
+KVM_PARAMETERS = ("kvm:kvm_path=/usr/bin/qemu-system-x86_64,kvm_flag=disabled,"
+                  "kernel_path=,initrd_path=,serial_console=true,vnc_bind_address=,"
+                  "reboot_behavior=exit")
+KVM_INIT_COMMAND = [arg for arg in INIT_COMMAND[:-1]
+                    if not arg.startswith("--enabled-hypervisors=")] + [
+    "--enabled-hypervisors=kvm", "-H", KVM_PARAMETERS, CLUSTER_NAME]
+KVM_CTRL_DIR = "/run/ganeti/kvm-hypervisor/ctrl"  # /var/run is a link to /run
+
 #: `instance_info` fields, in `gnt-instance list -o` syntax.
 _INFO_FIELDS = ("name", "os", "disk_template", "be/vcpus", "be/maxmem",
                 "be/minmem", "disk.sizes", "nic.macs", "nic.ips",
@@ -178,8 +191,10 @@ def _die_with_parent() -> None:
 class Cluster:
     """One throw-away Ganeti node+cluster; see the module docstring."""
 
-    def __init__(self, base_dir: str = "/var/tmp") -> None:
+    def __init__(self, base_dir: str = "/var/tmp",
+                 init_command: Sequence[str] = tuple(INIT_COMMAND)) -> None:
         self.base_dir = base_dir
+        self.init_command = list(init_command)
         self.state_dir: str | None = None
         self.init_pid: int | None = None  # host pid of the namespace's pid 1
         self.pid_ns: int | None = None    # inode of that pid namespace
@@ -201,7 +216,7 @@ class Cluster:
         try:
             self._prepare_state()
             self._launch(timeout)
-            self.run(INIT_COMMAND, timeout=120)
+            self.run(self.init_command, timeout=120)
         except BaseException:
             self.stop()
             raise
@@ -442,6 +457,10 @@ class Cluster:
             disk.flush()
             os.fsync(disk.fileno())
 
+    def serial_socket(self, name: str) -> str:
+        """Host path of a KVM instance's serial console socket."""
+        return self.host_path(f"{KVM_CTRL_DIR}/{name}.serial")
+
     def install_hook(self, hooks_path: str, phase: str, name: str,
                      text: str) -> str:
         """Install an executable hook script; returns its host path.
@@ -457,6 +476,18 @@ class Cluster:
             handle.write(text)
         os.chmod(path, 0o755)
         return path
+
+
+@pytest.fixture(scope="session")
+def ganeti_kvm_cluster() -> Iterator[Cluster]:
+    """The KVM variant, for boot tests; it may run beside `ganeti_cluster`
+    (both are this process's: the host lock counts its users)."""
+    cluster = Cluster(init_command=KVM_INIT_COMMAND)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")
