@@ -49,6 +49,7 @@ class Hardware:
     disks: List[model.Disk] = field(default_factory=list)
     nics: List[model.Nic] = field(default_factory=list)
     items: List[etree._Element] = field(default_factory=list)  # for devices.py
+    disk_items: List[etree._Element] = field(default_factory=list)  # each disk's item
 
 
 def normalize_mac(text: Optional[str]) -> Optional[str]:
@@ -134,7 +135,7 @@ def read_hardware(doc: Doc, section: Optional[etree._Element], profile: Optional
     positions = {}
     for index, item in enumerate(items):
         positions.setdefault(instance_id(doc, item), index)
-    placed_disks: List[Tuple[Tuple[int, int, int], model.Disk]] = []
+    placed_disks: List[Tuple[Tuple[int, int, int], model.Disk, etree._Element]] = []
     skipped: Dict[str, int] = {}
     for index, item in enumerate(items):
         label = _label(doc, item)
@@ -152,7 +153,7 @@ def read_hardware(doc: Doc, section: Optional[etree._Element], profile: Optional
             if disk is not None:
                 # Several items naming one DiskSection disk (vCenter's
                 # profiles do) are several virtual disks alike.
-                placed_disks.append((_disk_order(doc, item, index, positions), disk))
+                placed_disks.append((_disk_order(doc, item, index, positions), disk, item))
         elif rtype == RT_NIC:
             hardware.nics.append(_read_nic(doc, item, label))
         elif rtype in CONTROLLER_TYPES:
@@ -165,8 +166,9 @@ def read_hardware(doc: Doc, section: Optional[etree._Element], profile: Optional
         doc.warn(section, "not imported: %s" % ", ".join(
             "%d %s%s" % (count, name, "s" if count > 1 else "")
             for name, count in skipped.items()))
-    placed_disks.sort(key=lambda pair: pair[0])
-    hardware.disks = [disk for _, disk in placed_disks]
+    placed_disks.sort(key=lambda placed: placed[0])
+    hardware.disks = [disk for _, disk, _item in placed_disks]
+    hardware.disk_items = [item for _, _disk, item in placed_disks]
     for what, count in (("disks", len(hardware.disks)), ("NICs", len(hardware.nics))):
         if count > units.MAX_DEVICES:
             raise doc.error(section, "%d %s, more than the limit of %d"

@@ -338,7 +338,8 @@ def _read_system(doc: Doc, element: etree._Element, index: int, profile: Optiona
             family = doc.child_value(system_settings, "VirtualSystemType")
     found = hardware.read_hardware(doc, section, profile, disks, files)
     nics = _add_vbox_macs(doc, element, found.nics)
-    found_devices = devices.read_devices(doc, element, section, found.items, found.disks)
+    found_devices = devices.read_devices(doc, element, section, found.items, found.disks,
+                                         found.disk_items)
     disk_list = found_devices.disks
     settings = None
     if ganeti is not None:
