@@ -22,6 +22,7 @@ what lets a thread pool use every core.
 import ctypes
 import ctypes.util
 import struct
+import threading
 import zlib
 from typing import Callable, Iterator, Optional, Union
 
@@ -56,9 +57,12 @@ _PROTOTYPES = (
 ) + (
     ("libdeflate_alloc_decompressor", ctypes.c_void_p, []),
     ("libdeflate_free_decompressor", None, [ctypes.c_void_p]),
-    ("libdeflate_gzip_decompress_ex", ctypes.c_int,
+    ("libdeflate_crc32", ctypes.c_uint32, [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t]),
+) + tuple(
+    ("libdeflate_%s_decompress_ex" % kind, ctypes.c_int,
      [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
-      ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]),
+      ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)])
+    for kind in ("zlib", "gzip")
 )
 # zlib's window bits for each framing (RFC 1950 zlib, RFC 1952 gzip, raw).
 _WBITS = {"zlib": zlib.MAX_WBITS, "gzip": 16 + zlib.MAX_WBITS, "deflate": -zlib.MAX_WBITS}
@@ -147,7 +151,7 @@ class _Base:
         body = self._compress("deflate", data)
         size = GZIP_HEADER.size + len(body) + GZIP_TRAILER.size
         return b"".join((GZIP_HEADER.pack(*GZIP_HEADER_FIELDS, size), body,
-                         GZIP_TRAILER.pack(zlib.crc32(data), len(data) & 0xFFFFFFFF)))
+                         GZIP_TRAILER.pack(crc32(data), len(data) & 0xFFFFFFFF)))
 
 
 class ZlibCompressor(_Base):
@@ -236,8 +240,16 @@ class ZlibInflater:
         return data
 
 
+def crc32(data: Buffer, value: int = 0) -> int:
+    """zlib.crc32, by libdeflate when installed (several times faster)."""
+    if _LIBDEFLATE is None or not isinstance(data, bytes):
+        return zlib.crc32(data, value)
+    return _LIBDEFLATE.libdeflate_crc32(value, data, len(data))
+
+
 class LibdeflateInflater:
-    """Inflates whole gzip members with libdeflate (about 3x zlib's speed)."""
+    """Inflates whole buffers with libdeflate (about 3x zlib's speed): gzip
+    members, and the zlib streams of VMDK grains."""
 
     name = "libdeflate"
 
@@ -253,6 +265,23 @@ class LibdeflateInflater:
             self._lib.libdeflate_free_decompressor(handle)
             self._handle = None
 
+    def inflate_zlib(self, data: Buffer, size: int) -> Optional[bytes]:
+        """The data of the zlib stream at the start of `data` (bytes after it
+        are ignored, as zlib's unused_data), at most `size` bytes; None when
+        it is corrupt, cut short or longer: let zlib say which."""
+        out = ctypes.create_string_buffer(size)
+        used_in, used_out = ctypes.c_size_t(), ctypes.c_size_t()
+        if isinstance(data, memoryview) and not data.readonly:
+            data = (ctypes.c_char * len(data)).from_buffer(data)
+        elif not isinstance(data, bytes):
+            data = bytes(data)
+        result = self._lib.libdeflate_zlib_decompress_ex(
+            self._handle, data, len(data), out, size, ctypes.byref(used_in),
+            ctypes.byref(used_out))
+        if result:
+            return None
+        return out.raw[:used_out.value] if used_out.value != size else out.raw
+
     def inflate(self, member: bytes, size: int) -> bytes:
         out = ctypes.create_string_buffer(size)
         used_in, used_out = ctypes.c_size_t(), ctypes.c_size_t()
@@ -265,6 +294,21 @@ class LibdeflateInflater:
 
 
 Inflater = Union[ZlibInflater, LibdeflateInflater]
+
+
+_THREAD = threading.local()
+
+
+def inflate_zlib(data: Buffer, size: int) -> Optional[bytes]:
+    """A whole zlib stream (a VMDK grain) by libdeflate, with this thread's
+    decompressor; None without libdeflate or when the data is bad (zlib then
+    inflates it and says what is wrong)."""
+    if _LIBDEFLATE is None:
+        return None
+    engine = getattr(_THREAD, "inflater", None)
+    if engine is None:
+        engine = _THREAD.inflater = LibdeflateInflater()
+    return engine.inflate_zlib(data, size)
 
 
 def inflater(backend: Optional[str] = None) -> Inflater:

@@ -320,7 +320,7 @@ class _Tally:
         self._name = name
 
     def __call__(self, data: bytes) -> None:
-        self.crc = zlib.crc32(data, self.crc)
+        self.crc = deflate.crc32(data, self.crc)
         self.size += len(data)
         if self._limit is not None and self.size > self._limit:
             # zlib goes on where the tool stopped: never inflate without bound.
