@@ -91,6 +91,15 @@ def parse_chunk_size(value: Optional[str]) -> Optional[int]:
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
+def compress_level(compress: bool, level: Optional[int]) -> int:
+    """--compress-level, which only means something with --compress."""
+    if level is None:
+        return gzipstream.DEFAULT_LEVEL
+    if not compress:
+        raise OptionError("--compress-level applies only with --compress")
+    return level
+
+
 def check_request(request: ExportRequest) -> None:
     if request.manifest_algorithm not in MANIFEST_ALGORITHMS + (None,):
         raise OptionError("--manifest %r is not one of %s, none"
