@@ -103,6 +103,7 @@ class Job:
 
     argv: List[str]
     outputs: List[str]
+    cwd: str = ROOT
 
 
 @dataclass
@@ -354,6 +355,10 @@ def hash_seed(which: str, index: int) -> int:
 # ------------------------------------------------------------ commands
 
 
+# The checkout whose gnt-ovf is "ours" (run.py --ours-root: another commit's).
+OURS_ROOT = ROOT
+
+
 def ours(*args: str) -> List[str]:
     return [PYTHON, "-m", "ganeti_ovf"] + list(args)
 
@@ -401,7 +406,7 @@ def import_workload(builder: Builder, name: str, number: int, which: str,
     floor_script.append("sync %s/*" % q(floor))
     return Workload(
         name=name, number=number, description=description, kind="import",
-        ours=Job(ours("import", "--output-dir", mine, pkg.path), [mine]),
+        ours=Job(ours("import", "--output-dir", mine, pkg.path), [mine], OURS_ROOT),
         baseline=Job(shell(script), [base]), floor=Job(shell(floor_script), [floor]),
         inputs=list(pkg.files), sources=srcs)
 
@@ -459,9 +464,43 @@ def export_workload(builder: Builder, name: str, which: str, mode: str) -> Workl
     return Workload(
         name=name, number=5, description="export of %s data: %s" % (which, label),
         kind="export",
-        ours=Job(ours("export", *options, "--output-dir", mine, source_dir), [mine]),
+        ours=Job(ours("export", *options, "--output-dir", mine, source_dir), [mine],
+                 OURS_ROOT),
         baseline=Job(shell(script), [base]), floor=Job(shell(floor_script), [floor]),
         inputs=[src.path for src in srcs], sources=srcs)
+
+
+# The machine's limits that bound each case (../shared/PERF-FACTS.md: 2 shared
+# cores, MB/s of uncompressed bytes), printed beside the results.
+PERF_FACTS = {
+    "write": "write 426 MB/s (dd fdatasync)",
+    "sha256": "sha256 919 MB/s (Python)",
+    "sparse-copy": "cp --sparse 1612 MB/s",
+    "zlib-inflate": "zlib inflate 344 MB/s",
+    "igzip-inflate": "igzip -d 1402 MB/s",
+    "libdeflate-inflate": "libdeflate -d 960 MB/s",
+    "libdeflate-deflate": "libdeflate -1 2 threads 461 MB/s",
+    "qemu-raw": "qemu-img raw->raw 812 MB/s",
+    "qemu-vmdk": "qemu-img streamOptimized 66 MB/s",
+    "gzip-6": "gzip -6 46 MB/s",
+}
+LIMITS = {  # workload name (or its export mode) -> keys of PERF_FACTS
+    "import-ova-vmdk": ("libdeflate-inflate", "sha256", "write"),
+    "import-folder-gzip": ("igzip-inflate", "libdeflate-inflate", "sha256", "write"),
+    "import-four-disks": ("libdeflate-inflate", "sha256", "write"),
+    "import-1tib-sparse": ("libdeflate-inflate", "write"),
+    "vmdk-ova": ("libdeflate-deflate", "qemu-vmdk", "sha256", "write"),
+    "qcow2": ("qemu-raw", "sha256", "write"),
+    "raw-gz": ("libdeflate-deflate", "gzip-6", "sha256", "write"),
+    "raw": ("sparse-copy", "qemu-raw", "sha256", "write"),
+    "raw-chunked": ("sparse-copy", "qemu-raw", "sha256", "write"),
+}
+
+
+def limits(name: str) -> str:
+    """The PERF-FACTS.md figures that bound workload `name`."""
+    key = name if name in LIMITS else name.split("-", 2)[-1]
+    return "; ".join(PERF_FACTS[item] for item in LIMITS.get(key, ()))
 
 
 def catalogue(builder: Builder) -> List[tuple]:
