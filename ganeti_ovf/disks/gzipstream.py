@@ -26,6 +26,7 @@ meets the caller's size limit before it meets memory.
 import collections
 import concurrent.futures
 import os
+import stat
 import threading
 import zlib
 from typing import BinaryIO, Callable, Deque, Iterator, List, Optional, Sequence, Tuple, Union
@@ -341,6 +342,23 @@ def installed_tool() -> Optional[Tuple[str, str, List[str]]]:
     return None
 
 
+def _whole_file(stored: _Stored) -> Optional[int]:
+    """A descriptor for the tool to read the file itself (saving two copies
+    through this process) when the stream is one whole regular file."""
+    if len(stored.members) != 1 or stored.start:
+        return None
+    member = stored.members[0]
+    try:
+        fd = os.open(member.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None  # the generic path says why, if it fails too
+    info = os.fstat(fd)
+    if member.offset or not stat.S_ISREG(info.st_mode) or info.st_size != member.size:
+        os.close(fd)
+        return None
+    return fd
+
+
 def _inflate_tool(tool: Tuple[str, str, List[str]], stored: _Stored, write: Write,
                   name: str) -> None:
     label, program, args = tool
@@ -348,16 +366,22 @@ def _inflate_tool(tool: Tuple[str, str, List[str]], stored: _Stored, write: Writ
     tally = _Tally(write)
     # Generous: deflate expands at most about 1032:1, output at >= 256 MiB/s.
     seconds = 600 + 4 * (stored.size // (1024 ** 2))
+    fd = _whole_file(stored)
     try:
-        qemu.run_filter(program, args, stored.blocks(), tally, name, seconds)
+        qemu.run_filter(program, args, stored.blocks() if fd is None else fd, tally, name,
+                        seconds)
     except qemu.FilterError:
         # zlib's precise reason (truncated, trailing data...), within the
         # output the tool produced (which write() accepted).
         _inflate_zlib(stored.blocks(), _Tally(limit=tally.size + READ_BLOCK, name=name),
                       name)
         raise
+    finally:
+        if fd is not None:
+            os.close(fd)
     if tally.matches(trailer):
-        return  # one member, ending where the file ends
+        return  # one member, ending where the file ends (a file that grew
+        # while read inflates to more than its trailer says: caught here)
     # Several members, or data after the stream (which the tools ignore).
     check = _Tally(limit=tally.size, name=name)
     _inflate_zlib(stored.blocks(), check, name)

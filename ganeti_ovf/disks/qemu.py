@@ -19,7 +19,7 @@ import re
 import subprocess
 import tempfile
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 from ganeti import errors as ganeti_errors
 from ganeti import utils
@@ -390,10 +390,11 @@ _PIPE_SIZE = 1024 ** 2
 _F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), not named by Python 3.11's fcntl
 
 
-def run_filter(program: str, args: List[str], feed: Iterable[bytes],
+def run_filter(program: str, args: List[str], feed: Union[int, Iterable[bytes]],
                output: Callable[[bytes], None], what: str, seconds: int) -> None:
     """Run `program args` as a filter: `feed`'s blocks to its standard input
-    (from a thread), its standard output to `output` in FILTER_BLOCK blocks.
+    (from a thread; or `feed` is an open file descriptor it reads itself),
+    its standard output to `output` in FILTER_BLOCK blocks.
 
     No shell; a reset environment; the limits of qemu-img (time, address
     space, pdeathsig) and a file-size limit that caps its messages (it
@@ -403,18 +404,22 @@ def run_filter(program: str, args: List[str], feed: Iterable[bytes],
     with tempfile.TemporaryFile(prefix=".filter-") as messages:
         try:
             proc = subprocess.Popen(_limits(seconds, FILTER_STDERR, program) + args,
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stdin=feed if isinstance(feed, int) else subprocess.PIPE,
+                                    stdout=subprocess.PIPE,
                                     stderr=messages, env=ENV, cwd="/", close_fds=True)
         except OSError as err:
             raise DiskError("%s: cannot run %s: %s" % (what, program, err.strerror)) from None
         for pipe in (proc.stdin, proc.stdout):
             try:
-                fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+                if pipe is not None:
+                    fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
             except OSError:
                 pass  # a smaller pipe only costs more system calls
         failure: List[BaseException] = []
 
         def pump() -> None:
+            if proc.stdin is None:
+                return  # it reads the file itself
             try:
                 for block in feed:
                     proc.stdin.write(block)
