@@ -39,18 +39,7 @@ class ImportedDisk:
 
 def _member_blocks(member: Member) -> Iterator[bytes]:
     """The bytes of `member`, in blocks, read within its range only."""
-    fd = os.open(member.path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        position, end = member.offset, member.offset + member.size
-        while position < end:
-            block = os.pread(fd, min(BLOCK, end - position), position)
-            if not block:
-                raise DiskError("%s: file %s ends %d bytes early"
-                                % (member.name, member.path, end - position))
-            position += len(block)
-            yield block
-    finally:
-        os.close(fd)
+    return gzipstream.read_range(member, member.offset, member.size)
 
 
 class _SparseWriter:

@@ -204,22 +204,28 @@ class _Stored:
         if count is None:
             count = self.size - offset
         for member, position, length in self._ranges(offset, count):
-            try:
-                fd = os.open(member.path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as err:
-                raise DiskError("%s: cannot open %s: %s"
-                                % (member.name, member.path, err.strerror)) from None
-            try:
-                end = position + length
-                while position < end:
-                    block = os.pread(fd, min(READ_BLOCK, end - position), position)
-                    if not block:
-                        raise DiskError("%s: file %s ends %d bytes early"
-                                        % (member.name, member.path, end - position))
-                    position += len(block)
-                    yield block
-            finally:
-                os.close(fd)
+            yield from read_range(member, position, length)
+
+
+def read_range(member: Member, position: int, length: int) -> Iterator[bytes]:
+    """Bytes [position, +length) of `member`'s file, in blocks (a file that
+    ends early is a DiskError)."""
+    try:
+        fd = os.open(member.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise DiskError("%s: cannot open %s: %s"
+                        % (member.name, member.path, err.strerror)) from None
+    try:
+        end = position + length
+        while position < end:
+            block = os.pread(fd, min(READ_BLOCK, end - position), position)
+            if not block:
+                raise DiskError("%s: file %s ends %d bytes early"
+                                % (member.name, member.path, end - position))
+            position += len(block)
+            yield block
+    finally:
+        os.close(fd)
 
 
 def _go_member(stored: _Stored, offset: int) -> Optional[Tuple[int, int]]:
