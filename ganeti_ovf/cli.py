@@ -17,7 +17,7 @@ from ganeti import cli, constants, errors, pathutils, utils
 from ganeti.cli import ArgFile, ArgUnknown, ToStderr, ToStdout, cli_option
 
 from ganeti_ovf import describe, exporter, importer, publish
-from ganeti_ovf.cluster import ganeti_export, jobs, status
+from ganeti_ovf.cluster import ganeti_export, instance, jobs, status
 from ganeti_ovf.errors import OptionError, OvfError
 from ganeti_ovf.package.reader import Package
 from ganeti_ovf.plan import ImportOverrides
@@ -108,9 +108,16 @@ CHUNK_SIZE_OPT = cli_option("--chunk-size", dest="chunk_size", default=None,
 
 SUBMIT_IMPORT_OPT = cli_option("--submit-import", dest="submit_import", default=False,
                                action="store_true",
-                               help="After converting, import the instance into the"
-                               " cluster (the job gnt-backup import would submit;"
-                               " needs --node or --iallocator)")
+                               help="Create the instance in the cluster and write its"
+                               " disks directly, on its primary node (this node by"
+                               " default); it is left stopped unless --start")
+VIA_EXPORT_OPT = cli_option("--via-export", dest="via_export", default=False,
+                            action="store_true",
+                            help="With --submit-import: write an export directory"
+                            " first, then submit the job gnt-backup import would"
+                            " (needs --node or --iallocator; slower)")
+START_OPT = cli_option("--start", dest="start", default=False, action="store_true",
+                       help="With --submit-import: start the instance once imported")
 REFRESH_OPT = cli_option("--refresh", dest="refresh", default=False, action="store_true",
                          help="With --node: export the instance again even if this"
                          " node already holds an export of it")
@@ -129,7 +136,8 @@ import_opts = [
     REQUIRE_MANIFEST_OPT, TRUST_STORE_OPT, REQUIRE_SIGNATURE_OPT, MAX_DISK_SIZE_OPT,
     KEEP_HOST_PARAMS_OPT, cli.VERBOSE_OPT,
     # --submit-import and the job's options, as gnt-backup import spells them
-    SUBMIT_IMPORT_OPT, cli.NODE_PLACEMENT_OPT, cli.SRC_NODE_OPT, cli.IALLOCATOR_OPT,
+    SUBMIT_IMPORT_OPT, VIA_EXPORT_OPT, START_OPT, cli.NODE_PLACEMENT_OPT,
+    cli.SRC_NODE_OPT, cli.IALLOCATOR_OPT,
     cli.NONAMECHECK_OPT, cli.NOIPCHECK_OPT, cli.NOCONFLICTSCHECK_OPT,
     cli.IGNORE_IPOLICY_OPT, cli.IDENTIFY_DEFAULTS_OPT,
 ] + cli.SUBMIT_OPTS
@@ -259,6 +267,7 @@ def ImportPackage(opts, args):
     """
     output_dir = opts.output_dir or pathutils.EXPORT_DIR
     jobs.check_import_options(opts, output_dir)
+    feedback = _feedback(opts)
     request = importer.ImportRequest(
         package_path=args[0], output_dir=output_dir, overrides=_overrides(opts),
         system=opts.system, profile=opts.profile, force=opts.force,
@@ -266,7 +275,14 @@ def ImportPackage(opts, args):
         require_signature=opts.require_signature,
         max_disk_size=_size_option(opts.max_disk_size, "--max-disk-size",
                                    importer.DEFAULT_MAX_DISK_SIZE))
-    result = importer.import_package(request, _feedback(opts))
+    if opts.submit_import and not opts.via_export:
+        direct = importer.import_direct(
+            request, instance.InstanceJobs(opts, feedback), opts.start, feedback,
+            progress_stream=sys.stderr if sys.stderr.isatty() else None)
+        ToStdout("Instance %s imported on %s in %.1f s (%s)", direct.name, direct.node,
+                 direct.seconds, "started" if opts.start else "stopped")
+        return 0
+    result = importer.import_package(request, feedback)
     ToStdout("Instance %s written to %s", result.plan.system.name, result.directory)
     if opts.submit_import:
         jobs.submit_import(result.plan.system, result.directory, opts)
@@ -342,7 +358,8 @@ def ExportPackage(opts, args):
 
 @_library_errors
 def ShowStatus(opts, args):
-    """List the export hook's conversions (all, or those of the instances given).
+    """List the export hook's conversions and the direct imports (all, or those
+    of the instances given), with instances left by an interrupted import.
 
     @param opts: the command line options selected by the user
     @type args: list
@@ -352,9 +369,16 @@ def ShowStatus(opts, args):
 
     """
     records, problems = status.list_conversions()
-    if args:
-        records = [record for record in records if record.instance in args]
     rows = status.to_rows(records)
+    try:
+        leftovers = instance.InstanceJobs(opts, _feedback(opts)).leftovers()
+    except (errors.GenericError, OSError) as err:
+        leftovers = []
+        problems.append("cannot ask the cluster for interrupted imports: %s"
+                        % instance.first_line(err))
+    rows = status.with_leftovers(rows, leftovers)
+    if args:
+        rows = [row for row in rows if row["instance"] in args]
     for problem in problems:
         ToStderr("WARNING: %s", problem)
     if opts.output_format == "json":
@@ -368,7 +392,8 @@ commands = {
     "import": (
         ImportPackage, [ArgFile(min=1, max=1)], import_opts,
         "[options...] <package.ovf|package.ova>",
-        "Converts an OVF/OVA package into a Ganeti export"),
+        "Converts an OVF/OVA package into a Ganeti export, or into an"
+        " instance (--submit-import)"),
     "export": (
         ExportPackage, [ArgUnknown(min=1, max=1)], export_opts,
         "[options...] <config.ini|export directory|instance name>"

@@ -2,20 +2,26 @@
 
 package (members in place) → manifest check → descriptor → plan (overrides,
 Ganeti's checks) → disks (inspect, convert to raw in staging) → config.ini →
-publish (atomic, no replace unless forced).  This module only sequences the
-stages; each stage lives in its own module.
+publish (atomic, no replace unless forced).  The direct import
+(import_direct) shares the steps up to the disks' inspection, then has
+Ganeti create the instance and converts each disk straight into the
+instance's own disk (cluster/instance.py, disks/convert.py).  This module
+only sequences the stages; each stage lives in its own module.
 """
 
 import logging
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, TextIO
 
 from ganeti import netutils
 
 from ganeti_ovf.disks import convert
-from ganeti_ovf.cluster import ganeti_export
+from ganeti_ovf.cluster import ganeti_export, instance, status
+from ganeti_ovf.disks.target import Target
 from ganeti_ovf import publish
 from ganeti_ovf.descriptor.reader import parse_descriptor
 from ganeti_ovf.errors import DiskError, ManifestError, PackageError
@@ -145,22 +151,9 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
 
     # The provisional staging name becomes the instance name once it is known.
     with publish.Staging(output_dir, "import") as staging:
-        package = Package.open(request.package_path, staging_dir=staging.scratch())
-        warnings = list(package.warnings)
-        appliance = read_package(package, request.profile)
-        warnings.extend(appliance.warnings)
-        system = appliance.system(request.system)
-        plan = make_plan(system, request.overrides)
-        warnings.extend(plan.warnings)
-
-        # Integrity first: nothing is converted from a package that fails it.
-        check_signature(package, request.trust_store, request.require_signature, feedback)
-        converted = [disk for disk in plan.system.disks if not disk.blank]
-        members = {disk.disk_id: disk_members(package, disk) for disk in converted}
-        digest_checks = check_manifest(
-            package, [m for disk in converted for m in members[disk.disk_id]],
-            request.require_manifest, feedback)
-        warnings.extend(_check_sizes(plan.system, members, request.max_disk_size))
+        checked = _open_checked(request, staging.scratch(), feedback)
+        plan, members, digest_checks = checked.plan, checked.members, checked.digest_checks
+        warnings = checked.warnings
         _check_free_space(output_dir, [m for ms in members.values() for m in ms])
         for warning in warnings:
             feedback("WARNING: %s" % warning)
@@ -172,8 +165,10 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
             if os.path.lexists(staging.target) and not request.force:
                 raise PackageError("%s already exists (use --force to replace it)"
                                    % staging.target)
-            exported = _convert_verified(plan.system, members, digest_checks, staging,
-                                         feedback, request.max_disk_size)
+            exported = _convert_verified(
+                plan.system, digest_checks,
+                lambda index, disk: _convert_disk(index, disk, members, staging, feedback,
+                                                  request.max_disk_size))
             config = ganeti_export.build_config(plan.system, exported,
                                                 source=netutils.Hostname.GetSysName())
             with open(staging.file(ganeti_export.CONFIG_NAME), "w") as handle:
@@ -181,6 +176,39 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
             directory = staging.publish_directory(replace=request.force)
     return ImportResult(directory=directory, plan=plan, config_text=config,
                         warnings=tuple(warnings))
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A package opened, planned and checked, ready to convert."""
+
+    plan: Plan
+    members: dict  # disk_id -> the members holding its file
+    digest_checks: list  # still to run, beside the conversion
+    warnings: list
+
+
+def _open_checked(request: ImportRequest, scratch: str, feedback: Feedback) -> _Checked:
+    """Open the package, plan the instance and check all that can be checked
+    before converting: signature, manifest coverage, descriptor digest, sizes."""
+    package = Package.open(request.package_path, staging_dir=scratch)
+    warnings = list(package.warnings)
+    appliance = read_package(package, request.profile)
+    warnings.extend(appliance.warnings)
+    system = appliance.system(request.system)
+    plan = make_plan(system, request.overrides)
+    warnings.extend(plan.warnings)
+
+    # Integrity first: nothing is converted from a package that fails it.
+    check_signature(package, request.trust_store, request.require_signature, feedback)
+    converted = [disk for disk in plan.system.disks if not disk.blank]
+    members = {disk.disk_id: disk_members(package, disk) for disk in converted}
+    digest_checks = check_manifest(
+        package, [m for disk in converted for m in members[disk.disk_id]],
+        request.require_manifest, feedback)
+    warnings.extend(_check_sizes(plan.system, members, request.max_disk_size))
+    return _Checked(plan=plan, members=members, digest_checks=digest_checks,
+                    warnings=warnings)
 
 
 def _check_sizes(system: VirtualSystem, members: dict, max_size: int) -> list:
@@ -214,23 +242,22 @@ def _check_free_space(output_dir: str, members: list) -> None:
                         % (output_dir, free, needed))
 
 
-def _convert_verified(system: VirtualSystem, members: dict, digest_checks: list,
-                      staging: publish.Staging, feedback: Feedback,
-                      max_size: int) -> list:
-    """Convert every disk while the disk files' digests are computed.
+def _convert_verified(system: VirtualSystem, digest_checks: list,
+                      convert_one: Callable[[int, Disk], object]) -> list:
+    """convert_one(index, disk) for every disk while the disk files' digests
+    are computed; its results, by disk.
 
-    Disks convert concurrently (each is a qemu-img process) up to the number
-    of processors; the digests run in their own threads (hashlib releases
-    the GIL).  Any failure, a digest mismatch included, fails the import
-    before anything is published.
+    Disks convert concurrently (each is a qemu-img process or the VMDK
+    reader's threads) up to the number of processors; the digests run in
+    their own threads (hashlib releases the GIL).  Any failure, a digest
+    mismatch included, fails the whole before anything is trusted.
     """
     workers = max(1, min(len(system.disks), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="digest") as hashers, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="disk") as converters:
         digests = [hashers.submit(verify_member, entry, member)
                    for entry, member in digest_checks]
-        conversions = [converters.submit(_convert_disk, index, disk, members, staging,
-                                         feedback, max_size)
+        conversions = [converters.submit(convert_one, index, disk)
                        for index, disk in enumerate(system.disks)]
         wait(digests + conversions)
     for future in digests + conversions:
@@ -253,3 +280,140 @@ def _convert_disk(index: int, disk: Disk, members: dict, staging: publish.Stagin
                                    max_size=max_size)
         size = max(disk.capacity, result.virtual_size)
     return ExportedDisk(dump=dump, size_mib=size_to_mib(size), name=disk.name)
+
+
+# ------------------------------------------------------------------ direct
+
+
+@dataclass(frozen=True)
+class DirectResult:
+    name: str
+    node: str
+    seconds: float
+    plan: Plan
+
+
+class ProgressLine:
+    """Bytes done of the total and the rate, redrawn on a terminal."""
+
+    INTERVAL = 0.5  # seconds between redraws
+
+    def __init__(self, stream: Optional[TextIO], sizes: list) -> None:
+        self.stream = stream
+        self.sizes = sizes
+        self.done = [0.0] * len(sizes)
+        self.total = sum(sizes) or 1
+        self.start = time.monotonic()
+        self.shown = 0.0
+        self.lock = threading.Lock()
+
+    def callback(self, index: int) -> Optional[Callable[[float], None]]:
+        if self.stream is None:
+            return None
+
+        def progress(percent: float) -> None:
+            with self.lock:
+                self.done[index] = self.sizes[index] * min(percent, 100.0) / 100
+                now = time.monotonic()
+                if now - self.shown >= self.INTERVAL:
+                    self.shown = now
+                    self._draw(now)
+        return progress
+
+    def _draw(self, now: float) -> None:
+        done = sum(self.done)
+        rate = done / max(now - self.start, 1e-3)
+        self.stream.write("\r%.2f of %.2f GiB (%.0f MiB/s)  "
+                          % (done / 1024 ** 3, self.total / 1024 ** 3, rate / 1024 ** 2))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.stream is not None and self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _elapsed(start: float) -> float:
+    return time.monotonic() - start
+
+
+def import_direct(request: ImportRequest, jobs: instance.InstanceJobs, start: bool,
+                  feedback: Feedback, progress_stream: Optional[TextIO] = None,
+                  status_dir: str = status.STATUS_DIR) -> DirectResult:
+    """Create the package's instance through Ganeti and write its disks once.
+
+    The instance carries instance.MARKER until every disk is written and
+    every digest has passed; any failure removes it and raises
+    DirectImportError saying so.
+    """
+    began = time.monotonic()
+    with publish.scratch_dir() as scratch:
+        checked = _open_checked(request, scratch, feedback)
+        system = checked.plan.system
+        for warning in checked.warnings:
+            feedback("WARNING: %s" % warning)
+        jobs.clear_name(system.name, request.force)
+        pnode, snode = jobs.placement()
+        prepared = {}
+        try:
+            for disk in system.disks:
+                if not disk.blank:
+                    prepared[disk.disk_id] = convert.prepare(
+                        checked.members[disk.disk_id], disk.file.compression,
+                        disk.capacity, scratch, max_size=request.max_disk_size)
+            sizes = [max(disk.capacity, prepared[disk.disk_id].virtual_size
+                         if disk.disk_id in prepared else 0) for disk in system.disks]
+            feedback("Creating instance %s" % system.name)
+            status.record_import(system.name, status.RUNNING, status_dir)
+            created = jobs.create(system, [size_to_mib(size) for size in sizes],
+                                  pnode, snode)
+            try:
+                jobs.check_local(created)
+                paths = jobs.activate(created.name)
+                line = ProgressLine(progress_stream, sizes)
+                try:
+                    _convert_verified(system, checked.digest_checks,
+                                      lambda index, disk: _write_disk(
+                                          disk, prepared.get(disk.disk_id), paths[index],
+                                          created.zeroed, scratch, line.callback(index)))
+                finally:
+                    line.close()
+                jobs.finish(created.name, start)
+            except BaseException as err:
+                _abandon(jobs, created.name, err, status_dir)
+        except BaseException as err:
+            if not isinstance(err, instance.DirectImportError):
+                status.record_import(system.name, status.FAILED, status_dir,
+                                     error=instance.first_line(err))
+            raise
+        finally:
+            for disk in prepared.values():
+                convert.release(disk)
+    status.record_import(created.name, status.DONE, status_dir, output=created.name)
+    return DirectResult(name=created.name, node=created.primary,
+                        seconds=_elapsed(began), plan=checked.plan)
+
+
+def _write_disk(disk: Disk, prepared: Optional[convert.PreparedDisk], path: str,
+                zeroed: bool, scratch: str, progress) -> None:
+    with Target(path, known_zero=zeroed) as target:
+        if prepared is None:
+            convert.fill_blank(target)
+        else:
+            convert.write_into(prepared, target, scratch, progress)
+    if progress is not None:
+        progress(100.0)
+
+
+def _abandon(jobs: instance.InstanceJobs, name: str, err: BaseException,
+             status_dir: str) -> None:
+    """Remove the half-created instance; raise DirectImportError saying so."""
+    reason = instance.first_line(err)
+    problem = jobs.remove(name)
+    if problem is None:
+        message = "%s; instance %s removed" % (reason, name)
+    else:
+        message = ("%s; instance %s could not be removed (%s): remove it with"
+                   " gnt-instance remove %s" % (reason, name, problem, name))
+    status.record_import(name, status.FAILED, status_dir, error=message)
+    raise instance.DirectImportError(message) from err
