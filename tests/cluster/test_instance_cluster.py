@@ -65,10 +65,10 @@ def check_instance(cluster, name, raws, blank, template):
     assert state(cluster, name).startswith("down|N|")  # never started
     disks = activated_disks(cluster, name)
     assert len(disks) == len(raws) + len(blank)
-    for disk, raw in zip(disks, raws):
+    for disk, raw in zip(disks, raws, strict=False):
         assert sha256_file(disk, os.path.getsize(raw)) == sha256_file(raw)
         assert os.path.getsize(disk) == os.path.getsize(raw)
-    for disk, size in zip(disks[len(raws):], blank):
+    for disk, size in zip(disks[len(raws):], blank, strict=True):
         assert sha256_file(disk) == zeros_digest(size)
     if template in STORAGE:
         assert disks == cluster.disk_paths(name, STORAGE[template])
