@@ -38,6 +38,7 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import direct_import  # noqa: E402
 import workloads  # noqa: E402
 from workloads import MIB, ROOT, Job, Workload  # noqa: E402
 
@@ -335,6 +336,7 @@ def targets(records: List[Dict]) -> List[Dict]:
         if rec:
             seconds = rec["summary"]["ours_s"]
             target("%s < 10 s" % name, seconds, 10.0, "s", seconds < 10.0)
+    direct_import.targets(records, target)
     rec = by_name.get("import-1tib-sparse")
     if rec:
         allocated, data = rec["output"]["ours"]["allocated"], rec["sources"]["data"]
@@ -362,7 +364,7 @@ def select(catalogue: List[tuple], only: List[str]) -> List[tuple]:
     wanted = [item for value in only for item in value.split(",") if item]
     chosen = [entry for entry in catalogue
               if any(w == str(entry[1]) or w in entry[0] for w in wanted)]
-    if not chosen:
+    if not chosen and not direct_import.wanted(only):
         sys.exit("--only %s matches none of: %s"
                  % (",".join(wanted), ", ".join(e[0] for e in catalogue)))
     return chosen
@@ -410,6 +412,9 @@ def main() -> int:
             records.append(record)
             if not args.keep:
                 _remove(builder.path("out", name))
+        if direct_import.wanted(args.only):
+            records.append(direct_import.measure(builder, args.quick, rounds,
+                                                 os.path.join(workdir, "logs"), run_job, say))
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -365,11 +365,15 @@ def import_direct(request: ImportRequest, jobs: instance.InstanceJobs, start: bo
                          if disk.disk_id in prepared else 0) for disk in system.disks]
             feedback("Creating instance %s" % system.name)
             status.record_import(system.name, status.RUNNING, status_dir)
-            created = jobs.create(system, [size_to_mib(size) for size in sizes],
-                                  pnode, snode)
+            try:
+                created, paths = jobs.create(system, [size_to_mib(size) for size in sizes],
+                                             pnode, snode)
+            except instance.DirectImportError as err:
+                if err.created is None:
+                    raise
+                _abandon(jobs, err.created, err)
             try:
                 jobs.check_local(created)
-                paths = jobs.activate(created.name)
                 line = ProgressLine(progress_stream, sizes)
                 try:
                     _convert_verified(system, checked.digest_checks,
@@ -380,11 +384,10 @@ def import_direct(request: ImportRequest, jobs: instance.InstanceJobs, start: bo
                     line.close()
                 jobs.finish(created.name, start)
             except BaseException as err:
-                _abandon(jobs, created.name, err, status_dir)
+                _abandon(jobs, created.name, err)
         except BaseException as err:
-            if not isinstance(err, instance.DirectImportError):
-                status.record_import(system.name, status.FAILED, status_dir,
-                                     error=instance.first_line(err))
+            status.record_import(system.name, status.FAILED, status_dir,
+                                 error=instance.first_line(err))
             raise
         finally:
             for disk in prepared.values():
@@ -405,8 +408,7 @@ def _write_disk(disk: Disk, prepared: Optional[convert.PreparedDisk], path: str,
         progress(100.0)
 
 
-def _abandon(jobs: instance.InstanceJobs, name: str, err: BaseException,
-             status_dir: str) -> None:
+def _abandon(jobs: instance.InstanceJobs, name: str, err: BaseException) -> None:
     """Remove the half-created instance; raise DirectImportError saying so."""
     reason = instance.first_line(err)
     problem = jobs.remove(name)
@@ -415,5 +417,4 @@ def _abandon(jobs: instance.InstanceJobs, name: str, err: BaseException,
     else:
         message = ("%s; instance %s could not be removed (%s): remove it with"
                    " gnt-instance remove %s" % (reason, name, problem, name))
-    status.record_import(name, status.FAILED, status_dir, error=message)
     raise instance.DirectImportError(message) from err

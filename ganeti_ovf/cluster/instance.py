@@ -20,7 +20,7 @@ every disk of every template before the create job returns.
 """
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from ganeti import cli, constants, errors, netutils, opcodes
 
@@ -35,6 +35,8 @@ Feedback = Callable[[str], None]
 
 class DirectImportError(OvfError):
     """A direct import failed (the message says what became of the instance)."""
+
+    created: Optional[str] = None  # an instance made on the way, to remove
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,13 @@ class InstanceJobs:
 
     def run(self, *ops) -> list:
         """Submit `ops` as one job and wait for it; the opcodes' results."""
+        return self._wait(self._submit(ops))
+
+    def _submit(self, ops) -> int:
         cli.SetGenericOpcodeOpts(list(ops), self.opts)
-        job_id = cli.SendJob(list(ops), cl=self.client)
+        return cli.SendJob(list(ops), cl=self.client)
+
+    def _wait(self, job_id: int) -> list:
         return cli.PollJob(job_id, cl=self.client,
                            feedback_fn=lambda message: self.feedback(str(message[2])))
 
@@ -164,35 +171,47 @@ class InstanceJobs:
                                           shutdown_timeout=0))
 
     def create(self, system: VirtualSystem, sizes_mib: Sequence[int],
-               pnode: Optional[str], snode: Optional[str]) -> Created:
-        """Create the instance (tagged MARKER); what Ganeti made of it."""
+               pnode: Optional[str], snode: Optional[str]) -> Tuple[Created, List[str]]:
+        """Create the instance (tagged MARKER) and activate its disks, in one
+        job (one wait less); what Ganeti made and the disks' paths.
+
+        Raises DirectImportError with `created` set when the instance exists
+        but its disks could not be activated (the caller removes it).
+        """
+        job_id = self._submit([create_opcode(system, sizes_mib, self.opts, pnode, snode),
+                               opcodes.OpInstanceActivateDisks(instance_name=system.name)])
         try:
-            self.run(create_opcode(system, sizes_mib, self.opts, pnode, snode))
+            _nodes, disks = self._wait(job_id)
         except errors.GenericError as err:
-            raise DirectImportError("instance %s not created: %s"
-                                    % (system.name, first_line(err))) from None
+            # Only this job's own creation may be undone, never a namesake.
+            ((states,),) = self.client.QueryJobs([job_id], ["opstatus"])
+            failure = DirectImportError("instance %s not created: %s"
+                                        % (system.name, first_line(err)))
+            if states and states[0] == constants.OP_STATUS_SUCCESS:
+                failure = DirectImportError("instance %s: disks not activated: %s"
+                                            % (system.name, first_line(err)))
+                failure.created = system.name
+            raise failure from None
         found = self._instance(system.name, ["name", "pnode", "disk_template"])
         if found is None:
-            raise DirectImportError("instance %s: created, but the cluster does not list"
-                                    " it" % system.name)
+            failure = DirectImportError("instance %s: created, but the cluster does not"
+                                        " list it" % system.name)
+            failure.created = system.name
+            raise failure
         wiped = self.client.QueryClusterInfo().get("prealloc_wipe_disks", False)
-        return Created(name=found[0], primary=found[1], disk_template=found[2],
-                       zeroed=found[2] in ZEROED_TEMPLATES or bool(wiped))
+        created = Created(name=found[0], primary=found[1], disk_template=found[2],
+                          zeroed=found[2] in ZEROED_TEMPLATES or bool(wiped))
+        paths = []
+        for node, iv_name, path in disks:
+            if not path:
+                raise DirectImportError("instance %s: disk %s on %s has no local path"
+                                        % (created.name, iv_name, node))
+            paths.append(path)
+        return created, paths
 
     def check_local(self, created: Created) -> None:
         if created.primary.lower() != this_node().lower():
             raise _on_other_node(created.primary)
-
-    def activate(self, name: str) -> List[str]:
-        """Activate the disks; their paths on the primary, by index."""
-        (info,) = self.run(opcodes.OpInstanceActivateDisks(instance_name=name))
-        paths = []
-        for node, iv_name, path in info:
-            if not path:
-                raise DirectImportError("instance %s: disk %s on %s has no local path"
-                                        % (name, iv_name, node))
-            paths.append(path)
-        return paths
 
     def finish(self, name: str, start: bool) -> None:
         """Deactivate the disks, drop the marker and start if asked."""
