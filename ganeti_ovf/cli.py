@@ -67,7 +67,9 @@ OUTPUT_FORMAT_OPT = cli_option("--output", dest="output_format", default="text",
 VERIFY_OPT = cli_option("--verify", dest="verify", default=False, action="store_true",
                         help="Also check the manifest digests (reads every file)")
 REPLACE_OPT = cli_option("-f", "--force", dest="force", action="store_true",
-                         default=False, help="Replace an existing output")
+                         default=False, help="Replace an existing output (import"
+                         " --submit-import: remove an instance left by an"
+                         " interrupted import first)")
 
 FORMAT_OPT = cli_option("--format", dest="disk_format", default="vmdk",
                         metavar="raw|qcow2|vmdk",
