@@ -8,6 +8,7 @@ qemu-img; where it is a new sparse file, only data is written.
 """
 
 import os
+import subprocess
 
 import pytest
 from packaging import MIB, convert, make_raw, sha256_file
@@ -101,3 +102,22 @@ def test_target_must_exist_and_be_a_file_or_device(tmp_path):
             Target(str(tmp_path / "fifo"), known_zero=False)
     finally:
         os.close(fd)
+
+
+def test_every_byte_written_into_a_block_device(tmp_path):
+    """A loop device over a file of old data stands for an LVM volume (this
+    machine's kernel has no device-mapper): BLKGETSIZE64 and BLKZEROOUT."""
+    raw, disk = prepared(tmp_path, "vmdk", "subformat=streamOptimized")
+    backing = garbage(str(tmp_path / "backing"), TARGET)
+    device = subprocess.run(["losetup", "--find", "--show", backing], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    try:
+        target = Target(device, known_zero=False)
+    finally:
+        # Detached at once: the kernel frees the device when our descriptor
+        # closes (autoclear), even if this test dies.
+        subprocess.run(["losetup", "--detach", device], check=True)
+    with target:
+        assert target.block_device and target.size == TARGET
+        disk_convert.write_into(disk, target, str(tmp_path))
+    assert sha256_file(backing) == expected_digest(raw, TARGET)
