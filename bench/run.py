@@ -239,8 +239,14 @@ def measure(workload: Workload, rounds: int, logdir: str) -> Dict:
                         "baseline": workloads.output_sizes(workload.baseline)}
     record["sources"] = {"virtual": sum(s.virtual for s in workload.sources),
                          "data": sum(s.data for s in workload.sources)}
+    record["summary"] = summarise(runs)
+    return record
+
+
+def summarise(runs: Dict[str, List[RunResult]]) -> Dict:
+    """Medians, per-round ratios and peak memory of ours, baseline and floor."""
     median = {role: statistics.median(r.seconds for r in items) for role, items in runs.items()}
-    record["summary"] = {
+    return {
         "ours_s": median["ours"], "baseline_s": median["baseline"], "floor_s": median["floor"],
         # The median of per-round ratios: each pair ran back to back.
         "ratio": statistics.median(o.seconds / b.seconds for o, b in
@@ -251,7 +257,6 @@ def measure(workload: Workload, rounds: int, logdir: str) -> Dict:
         "rss_tree": max(r.rss_tree for r in runs["ours"]),
         "rss_baseline_tree": max(r.rss_tree for r in runs["baseline"]),
         "rss_at_peak": max(runs["ours"], key=lambda r: r.pss_sum_sampled).at_peak}
-    return record
 
 
 # ------------------------------------------------------------ reporting
@@ -414,7 +419,8 @@ def main() -> int:
                 _remove(builder.path("out", name))
         if direct_import.wanted(args.only):
             records.append(direct_import.measure(builder, args.quick, rounds,
-                                                 os.path.join(workdir, "logs"), run_job, say))
+                                                 os.path.join(workdir, "logs"), run_job,
+                                                 summarise, say))
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -29,6 +29,18 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
 
 
+def pwrite_all(fd: int, data, offset: int, name: str) -> None:
+    """Write all of `data` at `offset` (pwrite may write less); DiskError
+    naming `name` on failure."""
+    view = memoryview(data)
+    while view:
+        try:
+            count = os.pwrite(fd, view, offset)
+        except OSError as err:
+            raise DiskError("%s: cannot write: %s" % (name, err.strerror)) from None
+        view, offset = view[count:], offset + count
+
+
 class Target:
     """An open disk; `known_zero` says unwritten ranges already read as zeros."""
 
@@ -85,13 +97,7 @@ class Target:
             offset += min(len(zeros), end - offset)
 
     def write(self, data, offset: int) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                count = os.pwrite(self.fd, view, offset)
-            except OSError as err:
-                raise DiskError("%s: cannot write: %s" % (self.path, err.strerror)) from None
-            view, offset = view[count:], offset + count
+        pwrite_all(self.fd, data, offset, self.path)
 
     def sync(self) -> None:
         try:

@@ -38,6 +38,7 @@ from ganeti_ovf.disks.vmdkstream import (COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG
                                    GD_AT_END, GRAIN_MARKER, HEADER, MAGIC,
                                    MARKER_EOS, MARKER_FOOTER, META_MARKER, SECTOR)
 from ganeti_ovf.disks.formats import open_image
+from ganeti_ovf.disks.target import pwrite_all
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import Member
 
@@ -308,13 +309,7 @@ class _Converter:
             self._write(raw[run:limit], position + run)
 
     def _write(self, data: bytes, position: int) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                count = os.pwrite(self.out, view, position)
-            except OSError as err:
-                raise DiskError("%s: cannot write: %s" % (self.dest, err.strerror)) from None
-            view, position = view[count:], position + count
+        pwrite_all(self.out, data, position, self.dest)
 
 
 def convert_stream_optimized(member: Member, dest: str, virtual_size: int,

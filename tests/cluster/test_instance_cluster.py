@@ -116,6 +116,14 @@ def test_gzip_folder_becomes_an_instance_and_starts(ganeti_cluster):
                     check=False)
 
 
+def _package(cluster, suffix, **kwargs):
+    """(instance name, work directory, package, raw sources) for one test."""
+    name = "direct-%s.example.com" % suffix
+    workdir = cluster.host_path("/srv/ganeti") + "/pkg-direct-" + suffix
+    package, raws = build_package(workdir, system_name=name, **kwargs)
+    return name, workdir, package, raws
+
+
 def _assert_failed_cleanly(cluster, result, name, rule):
     assert result.returncode != 0
     failure = [line for line in result.stderr.splitlines() if line.startswith("Failure:")]
@@ -128,9 +136,8 @@ def _assert_failed_cleanly(cluster, result, name, rule):
 
 def test_wrong_digest_removes_the_instance(ganeti_cluster):
     cluster = ganeti_cluster
-    name = "direct-baddigest.example.com"
-    workdir = cluster.host_path("/srv/ganeti") + "/pkg-direct-baddigest"
-    package, _raws = build_package(workdir, disks=(("vmdk", 8 * MIB),), system_name=name)
+    name, workdir, package, _raws = _package(cluster, "baddigest",
+                                             disks=(("vmdk", 8 * MIB),))
     manifest = os.path.join(workdir, "appliance.mf")
     with open(manifest) as handle:
         lines = handle.readlines()
@@ -145,10 +152,8 @@ def test_wrong_digest_removes_the_instance(ganeti_cluster):
 
 def test_disk_that_fails_to_convert_removes_the_instance(ganeti_cluster):
     cluster = ganeti_cluster
-    name = "direct-badgrain.example.com"
-    workdir = cluster.host_path("/srv/ganeti") + "/pkg-direct-badgrain"
-    package, _raws = build_package(workdir, disks=(("vmdk", 8 * MIB),), system_name=name,
-                                   manifest=None)
+    name, workdir, package, _raws = _package(cluster, "badgrain",
+                                             disks=(("vmdk", 8 * MIB),), manifest=None)
     vmdk = os.path.join(workdir, "appliance-disk0.vmdk")
     with open(vmdk, "r+b") as handle:
         data = handle.read()
@@ -172,9 +177,7 @@ def _wait_for(predicate, timeout=60.0):
 
 def test_sigkill_leaves_a_marked_instance_the_next_run_handles(ganeti_cluster):
     cluster = ganeti_cluster
-    name = "direct-killed.example.com"
-    workdir = cluster.host_path("/srv/ganeti") + "/pkg-direct-killed"
-    package, raws = build_package(workdir, disks=(("qcow2", 8 * MIB),), system_name=name)
+    name, workdir, package, raws = _package(cluster, "killed", disks=(("qcow2", 8 * MIB),))
     # A disk big enough to be killed while it is written: 512 MiB of data.
     big = os.path.join(workdir, "big.raw")
     with open(big, "wb") as handle:
