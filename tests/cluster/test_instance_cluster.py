@@ -74,15 +74,16 @@ def check_instance(cluster, name, raws, blank, template):
         assert disks == cluster.disk_paths(name, STORAGE[template])
 
 
-@pytest.mark.parametrize("template", ["file", "sharedfile"])
-def test_ova_becomes_an_instance(ganeti_cluster, template):
+@pytest.mark.parametrize("template, placement", [("file", ()),
+                                                 ("sharedfile", ("-I", "hail"))])
+def test_ova_becomes_an_instance(ganeti_cluster, template, placement):
     cluster = ganeti_cluster
     name = "direct-%s.example.com" % template
     workdir = cluster.host_path("/srv/ganeti") + "/pkg-direct-" + template
     package, raws = build_package(workdir, disks=(("vmdk", 24 * MIB), ("vmdk", 8 * MIB)),
                                   ova=True, system_name=name, blank=(4 * MIB,))
-    result = gnt_ovf(cluster, "import", *DIRECT_OPTS, "--disk-template", template,
-                     "--tags", "appliance", "--net", "0:ip=192.0.2.90",
+    result = gnt_ovf(cluster, "import", *DIRECT_OPTS, *placement, "--disk-template",
+                     template, "--tags", "appliance", "--net", "0:ip=192.0.2.90",
                      cluster.inner_path(package))
     try:
         line = result.stdout.strip()
