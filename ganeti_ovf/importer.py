@@ -382,7 +382,7 @@ def import_direct(request: ImportRequest, jobs: instance.InstanceJobs, start: bo
                                           created.zeroed, scratch, line.callback(index)))
                 finally:
                     line.close()
-                jobs.finish(created.name, start)
+                jobs.finish(created.name)
             except BaseException as err:
                 _abandon(jobs, created.name, err)
         except BaseException as err:
@@ -393,6 +393,8 @@ def import_direct(request: ImportRequest, jobs: instance.InstanceJobs, start: bo
             for disk in prepared.values():
                 convert.release(disk)
     status.record_import(created.name, status.DONE, status_dir, output=created.name)
+    if start:
+        jobs.start(created.name)
     return DirectResult(name=created.name, node=created.primary,
                         seconds=_elapsed(began), plan=checked.plan)
 

@@ -5,8 +5,8 @@ instance with OpInstanceCreate in create mode (no_install, not started, no
 wait for a resync of empty disks), tagged MARKER while the import runs;
 activates its disks (OpInstanceActivateDisks gives each disk's file or
 device path on the primary node), which importer.py then writes; and
-finishes with OpInstanceDeactivateDisks, the marker's removal and, if asked,
-OpInstanceStartup.  A failure removes the instance (OpInstanceRemove).  An
+finishes with OpInstanceDeactivateDisks and the marker's removal, then, if
+asked, OpInstanceStartup (a start that fails leaves the instance imported).  A failure removes the instance (OpInstanceRemove).  An
 instance still tagged MARKER with no live import behind it was left by a
 killed run: it is never started by us, `gnt-ovf status` lists it and the
 next import of its name refuses (or removes it with --force).
@@ -213,13 +213,18 @@ class InstanceJobs:
         if created.primary.lower() != this_node().lower():
             raise _on_other_node(created.primary)
 
-    def finish(self, name: str, start: bool) -> None:
-        """Deactivate the disks, drop the marker and start if asked."""
-        ops = [opcodes.OpInstanceDeactivateDisks(instance_name=name),
-               opcodes.OpTagsDel(kind=constants.TAG_INSTANCE, name=name, tags=[MARKER])]
-        if start:
-            ops.append(opcodes.OpInstanceStartup(instance_name=name))
-        self.run(*ops)
+    def finish(self, name: str) -> None:
+        """Deactivate the disks and drop the marker: the import is complete."""
+        self.run(opcodes.OpInstanceDeactivateDisks(instance_name=name),
+                 opcodes.OpTagsDel(kind=constants.TAG_INSTANCE, name=name, tags=[MARKER]))
+
+    def start(self, name: str) -> None:
+        """Start the imported instance; a failure leaves it imported, stopped."""
+        try:
+            self.run(opcodes.OpInstanceStartup(instance_name=name))
+        except errors.GenericError as err:
+            raise DirectImportError("instance %s imported, but not started: %s"
+                                    % (name, first_line(err))) from None
 
     def remove(self, name: str) -> Optional[str]:
         """Remove the half-created instance; None, or why it could not be."""
