@@ -2,12 +2,13 @@
 
 `gnt-ovf import --submit-import` (without --via-export) creates the
 instance with OpInstanceCreate in create mode (no_install, not started, no
-wait for a resync of empty disks), tagged MARKER while the import runs;
-activates its disks (OpInstanceActivateDisks gives each disk's file or
-device path on the primary node), which importer.py then writes; and
-finishes with OpInstanceDeactivateDisks and the marker's removal, then, if
-asked, OpInstanceStartup (a start that fails leaves the instance imported).  A failure removes the instance (OpInstanceRemove).  An
-instance still tagged MARKER with no live import behind it was left by a
+wait for a resync of empty disks), tagged MARKER while the import runs, and
+activates its disks in the same job (OpInstanceActivateDisks gives each
+disk's file or device path on the primary node), which importer.py then
+writes; it finishes with OpInstanceDeactivateDisks and the marker's removal,
+then, if asked, OpInstanceStartup (a start that fails leaves the instance
+imported).  A failure before that removes the instance (OpInstanceRemove).
+An instance still tagged MARKER with no live import behind it was left by a
 killed run: it is never started by us, `gnt-ovf status` lists it and the
 next import of its name refuses (or removes it with --force).
 
