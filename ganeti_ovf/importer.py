@@ -9,13 +9,14 @@ instance's own disk (cluster/instance.py, disks/convert.py).  This module
 only sequences the stages; each stage lives in its own module.
 """
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Optional, TextIO
+from typing import Callable, Iterator, Optional, TextIO
 
 from ganeti import netutils
 
@@ -165,10 +166,11 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
             if os.path.lexists(staging.target) and not request.force:
                 raise PackageError("%s already exists (use --force to replace it)"
                                    % staging.target)
-            exported = _convert_verified(
-                plan.system, digest_checks,
-                lambda index, disk: _convert_disk(index, disk, members, staging, feedback,
-                                                  request.max_disk_size))
+            with _digests(digest_checks) as digests:
+                exported = _convert_verified(
+                    plan.system, digests,
+                    lambda index, disk: _convert_disk(index, disk, members, staging,
+                                                      feedback, request.max_disk_size))
             config = ganeti_export.build_config(plan.system, exported,
                                                 source=netutils.Hostname.GetSysName())
             with open(staging.file(ganeti_export.CONFIG_NAME), "w") as handle:
@@ -182,6 +184,7 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
 class _Checked:
     """A package opened, planned and checked, ready to convert."""
 
+    package: Package  # kept open: its members may live in its temporary files
     plan: Plan
     members: dict  # disk_id -> the members holding its file
     digest_checks: list  # still to run, beside the conversion
@@ -207,8 +210,8 @@ def _open_checked(request: ImportRequest, scratch: str, feedback: Feedback) -> _
         package, [m for disk in converted for m in members[disk.disk_id]],
         request.require_manifest, feedback)
     warnings.extend(_check_sizes(plan.system, members, request.max_disk_size))
-    return _Checked(plan=plan, members=members, digest_checks=digest_checks,
-                    warnings=warnings)
+    return _Checked(package=package, plan=plan, members=members,
+                    digest_checks=digest_checks, warnings=warnings)
 
 
 def _check_sizes(system: VirtualSystem, members: dict, max_size: int) -> list:
@@ -242,21 +245,33 @@ def _check_free_space(output_dir: str, members: list) -> None:
                         % (output_dir, free, needed))
 
 
-def _convert_verified(system: VirtualSystem, digest_checks: list,
+@contextlib.contextmanager
+def _digests(digest_checks: list) -> Iterator[list]:
+    """The disk files' digest checks, running in their own threads (hashlib
+    releases the GIL) from now on: their futures.  Leaving early drops those
+    not started."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="digest") as hashers:
+        futures = [hashers.submit(verify_member, entry, member)
+                   for entry, member in digest_checks]
+        try:
+            yield futures
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _convert_verified(system: VirtualSystem, digests: list,
                       convert_one: Callable[[int, Disk], object]) -> list:
-    """convert_one(index, disk) for every disk while the disk files' digests
-    are computed; its results, by disk.
+    """convert_one(index, disk) for every disk while the `digests` run; its
+    results, by disk.
 
     Disks convert concurrently (each is a qemu-img process or the VMDK
-    reader's threads) up to the number of processors; the digests run in
-    their own threads (hashlib releases the GIL).  Any failure, a digest
+    reader's threads) up to the number of processors.  Any failure, a digest
     mismatch included, fails the whole before anything is trusted.
     """
     workers = max(1, min(len(system.disks), os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="digest") as hashers, \
-            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="disk") as converters:
-        digests = [hashers.submit(verify_member, entry, member)
-                   for entry, member in digest_checks]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="disk") as converters:
         conversions = [converters.submit(convert_one, index, disk)
                        for index, disk in enumerate(system.disks)]
         wait(digests + conversions)
@@ -344,7 +359,9 @@ def import_direct(request: ImportRequest, jobs: instance.InstanceJobs, start: bo
 
     The instance carries instance.MARKER until every disk is written and
     every digest has passed; any failure removes it and raises
-    DirectImportError saying so.
+    DirectImportError saying so.  The digests start before the instance is
+    created: they run while Ganeti works, and leave the package in the page
+    cache for the conversion.
     """
     began = time.monotonic()
     with publish.scratch_dir() as scratch:
@@ -354,37 +371,16 @@ def import_direct(request: ImportRequest, jobs: instance.InstanceJobs, start: bo
             feedback("WARNING: %s" % warning)
         jobs.clear_name(system.name, request.force)
         pnode, snode = jobs.placement()
-        prepared = {}
+        prepared: dict = {}
         try:
-            for disk in system.disks:
-                if not disk.blank:
-                    prepared[disk.disk_id] = convert.prepare(
-                        checked.members[disk.disk_id], disk.file.compression,
-                        disk.capacity, scratch, max_size=request.max_disk_size)
-            sizes = [max(disk.capacity, prepared[disk.disk_id].virtual_size
-                         if disk.disk_id in prepared else 0) for disk in system.disks]
-            feedback("Creating instance %s" % system.name)
-            status.record_import(system.name, status.RUNNING, status_dir)
-            try:
-                created, paths = jobs.create(system, [size_to_mib(size) for size in sizes],
-                                             pnode, snode)
-            except instance.DirectImportError as err:
-                if err.created is None:
-                    raise
-                _abandon(jobs, err.created, err)
-            try:
-                jobs.check_local(created)
-                line = ProgressLine(progress_stream, sizes)
-                try:
-                    _convert_verified(system, checked.digest_checks,
-                                      lambda index, disk: _write_disk(
-                                          disk, prepared.get(disk.disk_id), paths[index],
-                                          created.zeroed, scratch, line.callback(index)))
-                finally:
-                    line.close()
-                jobs.finish(created.name)
-            except BaseException as err:
-                _abandon(jobs, created.name, err)
+            with _digests(checked.digest_checks) as digests:
+                for disk in system.disks:
+                    if not disk.blank:
+                        prepared[disk.disk_id] = convert.prepare(
+                            checked.members[disk.disk_id], disk.file.compression,
+                            disk.capacity, scratch, max_size=request.max_disk_size)
+                created = _create_and_write(system, prepared, digests, jobs, pnode, snode,
+                                            scratch, progress_stream, feedback, status_dir)
         except BaseException as err:
             status.record_import(system.name, status.FAILED, status_dir,
                                  error=instance.first_line(err))
@@ -397,6 +393,40 @@ def import_direct(request: ImportRequest, jobs: instance.InstanceJobs, start: bo
         jobs.start(created.name)
     return DirectResult(name=created.name, node=created.primary,
                         seconds=_elapsed(began), plan=checked.plan)
+
+
+def _create_and_write(system: VirtualSystem, prepared: dict, digests: list,
+                      jobs: instance.InstanceJobs, pnode: Optional[str],
+                      snode: Optional[str], scratch: str,
+                      progress_stream: Optional[TextIO], feedback: Feedback,
+                      status_dir: str) -> instance.Created:
+    """Create the instance, write every disk, check the digests, finish;
+    remove the instance on any failure."""
+    sizes = [max(disk.capacity, prepared[disk.disk_id].virtual_size
+                 if disk.disk_id in prepared else 0) for disk in system.disks]
+    feedback("Creating instance %s" % system.name)
+    status.record_import(system.name, status.RUNNING, status_dir)
+    try:
+        created, paths = jobs.create(system, [size_to_mib(size) for size in sizes],
+                                     pnode, snode)
+    except instance.DirectImportError as err:
+        if err.created is None:
+            raise
+        _abandon(jobs, err.created, err)
+    try:
+        jobs.check_local(created)
+        line = ProgressLine(progress_stream, sizes)
+        try:
+            _convert_verified(system, digests,
+                              lambda index, disk: _write_disk(
+                                  disk, prepared.get(disk.disk_id), paths[index],
+                                  created.zeroed, scratch, line.callback(index)))
+        finally:
+            line.close()
+        jobs.finish(created.name)
+    except BaseException as err:
+        _abandon(jobs, created.name, err)
+    return created
 
 
 def _write_disk(disk: Disk, prepared: Optional[convert.PreparedDisk], path: str,
