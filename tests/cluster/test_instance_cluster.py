@@ -75,7 +75,7 @@ def check_instance(cluster, name, raws, blank, template):
 
 
 @pytest.mark.parametrize("template, placement", [("file", ()),
-                                                 ("sharedfile", ("-I", "hail"))])
+                                                 ("sharedfile", ("-n", NODE))])
 def test_ova_becomes_an_instance(ganeti_cluster, template, placement):
     cluster = ganeti_cluster
     name = "direct-%s.example.com" % template
