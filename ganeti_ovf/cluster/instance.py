@@ -23,9 +23,10 @@ every disk of every template before the create job returns.
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from ganeti import cli, constants, errors, netutils, opcodes
+from ganeti import cli, constants, errors, opcodes
 
 from ganeti_ovf.cluster import status
+from ganeti_ovf.cluster.jobs import this_node
 from ganeti_ovf.errors import OptionError, OvfError
 from ganeti_ovf.model import VirtualSystem
 
@@ -48,10 +49,6 @@ class Created:
     primary: str
     disk_template: str
     zeroed: bool  # its new disks read as zeros
-
-
-def this_node() -> str:
-    return netutils.Hostname.GetSysName()
 
 
 def first_line(err: BaseException) -> str:
