@@ -23,7 +23,7 @@ from ganeti.cli import ArgFile, ArgUnknown, ToStderr, ToStdout, cli_option
 
 import ganeti_ovf
 from ganeti_ovf import describe, exporter, importer, publish
-from ganeti_ovf.cluster import ganeti_export, hardware_map, jobs, status
+from ganeti_ovf.cluster import ganeti_export, hardware_map, instance, jobs, status
 from ganeti_ovf.errors import OptionError, OvfError, printable
 from ganeti_ovf.package.reader import Package
 from ganeti_ovf.plan import ImportOverrides
@@ -75,7 +75,9 @@ OUTPUT_FORMAT_OPT = cli_option("--output", dest="output_format", default="text",
 VERIFY_OPT = cli_option("--verify", dest="verify", default=False, action="store_true",
                         help="Also check the manifest digests (reads every file)")
 REPLACE_OPT = cli_option("-f", "--force", dest="force", action="store_true",
-                         default=False, help="Replace an existing output")
+                         default=False, help="Replace an existing output (import"
+                         " --submit-import: remove an instance left by an"
+                         " interrupted import first)")
 
 FORMAT_OPT = cli_option("--format", dest="disk_format", default="vmdk",
                         metavar="raw|qcow2|vmdk",
@@ -128,9 +130,16 @@ CHUNK_SIZE_OPT = cli_option("--chunk-size", dest="chunk_size", default=None,
 
 SUBMIT_IMPORT_OPT = cli_option("--submit-import", dest="submit_import", default=False,
                                action="store_true",
-                               help="After converting, import the instance into the"
-                               " cluster (the job gnt-backup import would submit;"
-                               " needs --node or --iallocator)")
+                               help="Create the instance in the cluster and write its"
+                               " disks directly, on its primary node (this node by"
+                               " default); it is left stopped unless --start")
+VIA_EXPORT_OPT = cli_option("--via-export", dest="via_export", default=False,
+                            action="store_true",
+                            help="With --submit-import: write an export directory"
+                            " first, then submit the job gnt-backup import would"
+                            " (needs --node or --iallocator; slower)")
+START_OPT = cli_option("--start", dest="start", default=False, action="store_true",
+                       help="With --submit-import: start the instance once imported")
 REFRESH_OPT = cli_option("--refresh", dest="refresh", default=False, action="store_true",
                          help="With --node: export the instance again even if this"
                          " node already holds an export of it")
@@ -163,7 +172,8 @@ import_opts = [
     REQUIRE_MANIFEST_OPT, TRUST_STORE_OPT, REQUIRE_SIGNATURE_OPT, MAX_DISK_SIZE_OPT,
     KEEP_HOST_PARAMS_OPT, cli.VERBOSE_OPT,
     # --submit-import and the job's options, as gnt-backup import spells them
-    SUBMIT_IMPORT_OPT, cli.NODE_PLACEMENT_OPT, cli.SRC_NODE_OPT, cli.IALLOCATOR_OPT,
+    SUBMIT_IMPORT_OPT, VIA_EXPORT_OPT, START_OPT, cli.NODE_PLACEMENT_OPT,
+    cli.SRC_NODE_OPT, cli.IALLOCATOR_OPT,
     cli.NONAMECHECK_OPT, cli.NOIPCHECK_OPT, cli.NOCONFLICTSCHECK_OPT,
     cli.IGNORE_IPOLICY_OPT, cli.IDENTIFY_DEFAULTS_OPT,
 ] + cli.SUBMIT_OPTS
@@ -364,6 +374,9 @@ def ImportPackage(opts, args):
     """
     output_dir = opts.output_dir or pathutils.EXPORT_DIR
     jobs.check_import_options(opts, output_dir)
+    started, warnings = time.monotonic(), []
+    feedback = _feedback(opts, warnings)
+    as_json = opts.output_format == "json"
     request = importer.ImportRequest(
         package_path=args[0], output_dir=output_dir, overrides=_overrides(opts),
         system=opts.system[0] if opts.system else None, profile=opts.profile,
@@ -373,12 +386,26 @@ def ImportPackage(opts, args):
         max_disk_size=_size_option(opts.max_disk_size, "--max-disk-size",
                                    importer.DEFAULT_MAX_DISK_SIZE))
     if importer.several_systems(opts.system or []):
-        return _import_systems(opts, request)
-    started, warnings = time.monotonic(), []
-    feedback = _feedback(opts, warnings)
+        if opts.submit_import and not opts.via_export:
+            raise OptionError("--submit-import with several virtual systems imports each"
+                              " through an export directory: add --via-export")
+        return _import_systems(opts, request, started, warnings, feedback)
+    if opts.submit_import and not opts.via_export:
+        direct = importer.import_direct(
+            request, instance.InstanceJobs(opts, feedback), opts.start, feedback,
+            progress_stream=sys.stderr if sys.stderr.isatty() and not as_json else None)
+        if as_json:
+            ToStdout("%s", _result_json(
+                "import", started, warnings, instance=direct.name, node=direct.node,
+                directory=None, submitted=True, running=opts.start, next_step=None,
+                disks=[], hardware=_hardware_fields(direct.plan)))
+        else:
+            _hardware_lines(direct.plan)
+            ToStdout("Instance %s imported on %s in %.1f s (%s)", direct.name, direct.node,
+                     direct.seconds, "started" if opts.start else "stopped")
+        return 0
     result = importer.import_package(request, feedback)
     name = result.plan.system.name
-    as_json = opts.output_format == "json"
     if not as_json:
         _written(result)
     next_step = None
@@ -397,11 +424,10 @@ def ImportPackage(opts, args):
     return 0
 
 
-def _import_systems(opts, request) -> int:
+def _import_systems(opts, request, started: float, warnings: list, feedback) -> int:
     """import --system all (or several --system): one export directory per
-    virtual system, published together; with --submit-import one job each."""
-    started, warnings = time.monotonic(), []
-    feedback = _feedback(opts, warnings)
+    virtual system, published together; with --submit-import --via-export
+    one import job each."""
     as_json = opts.output_format == "json"
     results = importer.import_systems(request, opts.system, feedback)
     if not as_json:
@@ -432,11 +458,20 @@ def _import_systems(opts, request) -> int:
     return 0
 
 
-def _written(result) -> None:
-    """What the import wrote, and the hypervisor parameters it chose from the
-    package's virtual hardware."""
-    for param in result.plan.hardware:
+def _hardware_lines(plan) -> None:
+    """The hypervisor parameters chosen from the package's virtual hardware."""
+    for param in plan.hardware:
         ToStdout("Hardware: %s", printable(hardware_map.line(param)))
+
+
+def _hardware_fields(plan) -> list:
+    return [{"name": param.name, "value": param.value, "source": param.source,
+             "why": param.why} for param in plan.hardware]
+
+
+def _written(result) -> None:
+    """What the import wrote, and the hardware parameters it chose."""
+    _hardware_lines(result.plan)
     ToStdout("Instance %s written to %s", result.plan.system.name, result.directory)
 
 
@@ -444,8 +479,7 @@ def _import_fields(result, next_step: Optional[str]) -> dict:
     """One imported system in the JSON result."""
     return {"instance": result.plan.system.name, "directory": result.directory,
             "next_step": next_step,
-            "hardware": [{"name": param.name, "value": param.value, "source": param.source,
-                          "why": param.why} for param in result.plan.hardware],
+            "hardware": _hardware_fields(result.plan),
             "disks": [{"index": index, "path": os.path.join(result.directory, disk.dump),
                        "size_mib": disk.size_mib}
                       for index, disk in enumerate(result.disks)]}
@@ -552,7 +586,8 @@ def ExportPackage(opts, args):
 
 @_library_errors
 def ShowStatus(opts, args):
-    """List the export hook's conversions (all, or those of the instances given).
+    """List the export hook's conversions and the direct imports (all, or those
+    of the instances given), with instances left by an interrupted import.
 
     @param opts: the command line options selected by the user
     @type args: list
@@ -562,9 +597,16 @@ def ShowStatus(opts, args):
 
     """
     records, problems = status.list_conversions(status.STATUS_DIR)
-    if args:
-        records = [record for record in records if record.instance in args]
     rows = status.to_rows(records)
+    try:
+        leftovers = instance.InstanceJobs(opts, _feedback(opts)).leftovers()
+    except (errors.GenericError, OSError) as err:
+        leftovers = []
+        problems.append("cannot ask the cluster for interrupted imports: %s"
+                        % instance.first_line(err))
+    rows = status.with_leftovers(rows, leftovers)
+    if args:
+        rows = [row for row in rows if row["instance"] in args]
     for problem in problems:
         ToStderr("WARNING: %s", printable(problem))
     if opts.output_format == "json":
@@ -581,7 +623,8 @@ commands = {
     "import": (
         ImportPackage, [ArgFile(min=1, max=1)], import_opts,
         "[options...] <package.ovf|package.ova>",
-        "Converts an OVF/OVA package into a Ganeti export"),
+        "Converts an OVF/OVA package into a Ganeti export, or into an"
+        " instance (--submit-import)"),
     "export": (
         ExportPackage, [ArgUnknown(min=1, max=1)], export_opts,
         "[options...] <config.ini|export directory|instance name>"

@@ -2,22 +2,28 @@
 
 package (members in place) → manifest check → descriptor → plan (overrides,
 Ganeti's checks) → disks (inspect, convert to raw in staging) → config.ini →
-publish (atomic, no replace unless forced).  This module only sequences the
-stages; each stage lives in its own module.
+publish (atomic, no replace unless forced).  The direct import
+(import_direct) shares the steps up to the disks' inspection, then has
+Ganeti create the instance and converts each disk straight into the
+instance's own disk (cluster/instance.py, disks/convert.py).  This module
+only sequences the stages; each stage lives in its own module.
 """
 
 import contextlib
 import logging
 import os
 import shutil
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, TextIO
 
 from ganeti import netutils
 
 from ganeti_ovf.disks import convert
-from ganeti_ovf.cluster import ganeti_export
+from ganeti_ovf.cluster import ganeti_export, instance, status
+from ganeti_ovf.disks.target import Target
 from ganeti_ovf import publish
 from ganeti_ovf.descriptor.reader import parse_descriptor
 from ganeti_ovf.errors import DiskError, ManifestError, OptionError, PackageError
@@ -150,22 +156,9 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
 
     # The provisional staging name becomes the instance name once it is known.
     with publish.Staging(output_dir, "import") as staging:
-        package = Package.open(request.package_path, staging_dir=staging.scratch())
-        warnings = list(package.warnings)
-        appliance = read_package(package, request.profile)
-        warnings.extend(appliance.warnings)
-        system = appliance.system(request.system)
-        plan = make_plan(system, request.overrides)
-        warnings.extend(plan.warnings)
-
-        # Integrity first: nothing is converted from a package that fails it.
-        check_signature(package, request.trust_store, request.require_signature, feedback)
-        converted = [disk for disk in plan.system.disks if not disk.blank]
-        members = {disk.disk_id: disk_members(package, disk) for disk in converted}
-        digest_checks = check_manifest(
-            package, [m for disk in converted for m in members[disk.disk_id]],
-            request.require_manifest, feedback)
-        warnings.extend(_check_sizes(plan.system, members, request.max_disk_size))
+        checked = _open_checked(request, staging.scratch(), feedback)
+        plan, members, digest_checks = checked.plan, checked.members, checked.digest_checks
+        warnings = checked.warnings
         _check_free_space(output_dir, [m for ms in members.values() for m in ms])
         for warning in warnings:
             feedback("WARNING: %s" % warning)
@@ -177,8 +170,11 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
             if os.path.lexists(staging.target) and not request.force:
                 raise PackageError("%s already exists (use --force to replace it)"
                                    % staging.target)
-            exported = _convert_verified(plan.system, members, digest_checks, staging,
-                                         feedback, request.max_disk_size)
+            with _digests(digest_checks) as digests:
+                exported = _convert_verified(
+                    plan.system, digests,
+                    lambda index, disk: _convert_disk(index, disk, members, staging,
+                                                      feedback, request.max_disk_size))
             config = ganeti_export.build_config(plan.system, exported,
                                                 source=netutils.Hostname.GetSysName())
             with open(staging.file(ganeti_export.CONFIG_NAME), "w") as handle:
@@ -255,10 +251,13 @@ def import_systems(request: ImportRequest, wanted: Sequence[str],
             own = {m.name for ms in members[index].values() for m in ms}
             earlier = {m.name for per in members[:index] for ms in per.values() for m in ms}
             feedback("Virtual system %s" % plan.system.system_id)
-            exported = _convert_verified(
-                plan.system, members[index],
-                [check for check in checks if check[1].name in own - earlier],
-                staging, feedback, request.max_disk_size)
+            with _digests([check for check in checks
+                           if check[1].name in own - earlier]) as digests:
+                exported = _convert_verified(
+                    plan.system, digests,
+                    lambda number, disk, per_system=members[index], staging=staging:
+                    _convert_disk(number, disk, per_system, staging, feedback,
+                                  request.max_disk_size))
             config = ganeti_export.build_config(plan.system, exported,
                                                 source=netutils.Hostname.GetSysName())
             with open(staging.file(ganeti_export.CONFIG_NAME), "w") as handle:
@@ -300,6 +299,40 @@ def _publish_all(stagings: List[publish.Staging], replace: bool) -> None:
         raise
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """A package opened, planned and checked, ready to convert."""
+
+    package: Package  # kept open: its members may live in its temporary files
+    plan: Plan
+    members: dict  # disk_id -> the members holding its file
+    digest_checks: list  # still to run, beside the conversion
+    warnings: list
+
+
+def _open_checked(request: ImportRequest, scratch: str, feedback: Feedback) -> _Checked:
+    """Open the package, plan the instance and check all that can be checked
+    before converting: signature, manifest coverage, descriptor digest, sizes."""
+    package = Package.open(request.package_path, staging_dir=scratch)
+    warnings = list(package.warnings)
+    appliance = read_package(package, request.profile)
+    warnings.extend(appliance.warnings)
+    system = appliance.system(request.system)
+    plan = make_plan(system, request.overrides)
+    warnings.extend(plan.warnings)
+
+    # Integrity first: nothing is converted from a package that fails it.
+    check_signature(package, request.trust_store, request.require_signature, feedback)
+    converted = [disk for disk in plan.system.disks if not disk.blank]
+    members = {disk.disk_id: disk_members(package, disk) for disk in converted}
+    digest_checks = check_manifest(
+        package, [m for disk in converted for m in members[disk.disk_id]],
+        request.require_manifest, feedback)
+    warnings.extend(_check_sizes(plan.system, members, request.max_disk_size))
+    return _Checked(package=package, plan=plan, members=members,
+                    digest_checks=digest_checks, warnings=warnings)
+
+
 def _check_sizes(system: VirtualSystem, members: dict, max_size: int) -> list:
     """Refuse disks over the maximum; warn where ovf:size is not the real size
     (it is never trusted for allocation)."""
@@ -331,23 +364,34 @@ def _check_free_space(output_dir: str, members: list) -> None:
                         % (output_dir, free, needed))
 
 
-def _convert_verified(system: VirtualSystem, members: dict, digest_checks: list,
-                      staging: publish.Staging, feedback: Feedback,
-                      max_size: int) -> list:
-    """Convert every disk while the disk files' digests are computed.
+@contextlib.contextmanager
+def _digests(digest_checks: list) -> Iterator[list]:
+    """The disk files' digest checks, running in their own threads (hashlib
+    releases the GIL) from now on: their futures.  Leaving early drops those
+    not started."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="digest") as hashers:
+        futures = [hashers.submit(verify_member, entry, member)
+                   for entry, member in digest_checks]
+        try:
+            yield futures
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
-    Disks convert concurrently (each is a qemu-img process) up to the number
-    of processors; the digests run in their own threads (hashlib releases
-    the GIL).  Any failure, a digest mismatch included, fails the import
-    before anything is published.
+
+def _convert_verified(system: VirtualSystem, digests: list,
+                      convert_one: Callable[[int, Disk], object]) -> list:
+    """convert_one(index, disk) for every disk while the `digests` run; its
+    results, by disk.
+
+    Disks convert concurrently (each is a qemu-img process or the VMDK
+    reader's threads) up to the number of processors.  Any failure, a digest
+    mismatch included, fails the whole before anything is trusted.
     """
     workers = max(1, min(len(system.disks), os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="digest") as hashers, \
-            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="disk") as converters:
-        digests = [hashers.submit(verify_member, entry, member)
-                   for entry, member in digest_checks]
-        conversions = [converters.submit(_convert_disk, index, disk, members, staging,
-                                         feedback, max_size)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="disk") as converters:
+        conversions = [converters.submit(convert_one, index, disk)
                        for index, disk in enumerate(system.disks)]
         wait(digests + conversions)
     for future in digests + conversions:
@@ -370,3 +414,158 @@ def _convert_disk(index: int, disk: Disk, members: dict, staging: publish.Stagin
                                    max_size=max_size)
         size = max(disk.capacity, result.virtual_size)
     return ExportedDisk(dump=dump, size_mib=size_to_mib(size), name=disk.name)
+
+
+# ------------------------------------------------------------------ direct
+
+
+@dataclass(frozen=True)
+class DirectResult:
+    name: str
+    node: str
+    seconds: float
+    plan: Plan
+
+
+class ProgressLine:
+    """Bytes done of the total and the rate, redrawn on a terminal."""
+
+    INTERVAL = 0.5  # seconds between redraws
+
+    def __init__(self, stream: Optional[TextIO], sizes: list) -> None:
+        self.stream = stream
+        self.sizes = sizes
+        self.done = [0.0] * len(sizes)
+        self.total = sum(sizes) or 1
+        self.start = time.monotonic()
+        self.shown = 0.0
+        self.lock = threading.Lock()
+
+    def callback(self, index: int) -> Optional[Callable[[float], None]]:
+        if self.stream is None:
+            return None
+
+        def progress(percent: float) -> None:
+            with self.lock:
+                self.done[index] = self.sizes[index] * min(percent, 100.0) / 100
+                now = time.monotonic()
+                if now - self.shown >= self.INTERVAL:
+                    self.shown = now
+                    self._draw(now)
+        return progress
+
+    def _draw(self, now: float) -> None:
+        done = sum(self.done)
+        rate = done / max(now - self.start, 1e-3)
+        self.stream.write("\r%.2f of %.2f GiB (%.0f MiB/s)  "
+                          % (done / 1024 ** 3, self.total / 1024 ** 3, rate / 1024 ** 2))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.stream is not None and self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _elapsed(start: float) -> float:
+    return time.monotonic() - start
+
+
+def import_direct(request: ImportRequest, jobs: instance.InstanceJobs, start: bool,
+                  feedback: Feedback, progress_stream: Optional[TextIO] = None,
+                  status_dir: str = status.STATUS_DIR) -> DirectResult:
+    """Create the package's instance through Ganeti and write its disks once.
+
+    The instance carries instance.MARKER until every disk is written and
+    every digest has passed; any failure removes it and raises
+    DirectImportError saying so.  The digests start before the instance is
+    created: they run while Ganeti works, and leave the package in the page
+    cache for the conversion.
+    """
+    began = time.monotonic()
+    with publish.scratch_dir() as scratch:
+        checked = _open_checked(request, scratch, feedback)
+        system = checked.plan.system
+        for warning in checked.warnings:
+            feedback("WARNING: %s" % warning)
+        jobs.clear_name(system.name, request.force)
+        pnode, snode = jobs.placement()
+        prepared: dict = {}
+        try:
+            with _digests(checked.digest_checks) as digests:
+                for disk in system.disks:
+                    if not disk.blank:
+                        prepared[disk.disk_id] = convert.prepare(
+                            checked.members[disk.disk_id], disk.file.compression,
+                            disk.capacity, scratch, max_size=request.max_disk_size)
+                created = _create_and_write(system, prepared, digests, jobs, pnode, snode,
+                                            scratch, progress_stream, feedback, status_dir)
+        except BaseException as err:
+            status.record_import(system.name, status.FAILED, status_dir,
+                                 error=instance.first_line(err))
+            raise
+        finally:
+            for disk in prepared.values():
+                convert.release(disk)
+    status.record_import(created.name, status.DONE, status_dir, output=created.name)
+    if start:
+        jobs.start(created.name)
+    return DirectResult(name=created.name, node=created.primary,
+                        seconds=_elapsed(began), plan=checked.plan)
+
+
+def _create_and_write(system: VirtualSystem, prepared: dict, digests: list,
+                      jobs: instance.InstanceJobs, pnode: Optional[str],
+                      snode: Optional[str], scratch: str,
+                      progress_stream: Optional[TextIO], feedback: Feedback,
+                      status_dir: str) -> instance.Created:
+    """Create the instance, write every disk, check the digests, finish;
+    remove the instance on any failure."""
+    sizes = [max(disk.capacity, prepared[disk.disk_id].virtual_size
+                 if disk.disk_id in prepared else 0) for disk in system.disks]
+    feedback("Creating instance %s" % system.name)
+    status.record_import(system.name, status.RUNNING, status_dir)
+    try:
+        created, paths = jobs.create(system, [size_to_mib(size) for size in sizes],
+                                     pnode, snode)
+    except instance.DirectImportError as err:
+        if err.created is None:
+            raise
+        _abandon(jobs, err.created, err)
+    try:
+        jobs.check_local(created)
+        line = ProgressLine(progress_stream, sizes)
+        try:
+            _convert_verified(system, digests,
+                              lambda index, disk: _write_disk(
+                                  disk, prepared.get(disk.disk_id), paths[index],
+                                  created.zeroed, scratch, line.callback(index)))
+        finally:
+            line.close()
+        jobs.finish(created.name)
+    except BaseException as err:
+        _abandon(jobs, created.name, err)
+    return created
+
+
+def _write_disk(disk: Disk, prepared: Optional[convert.PreparedDisk], path: str,
+                zeroed: bool, scratch: str, progress) -> None:
+    with Target(path, known_zero=zeroed) as target:
+        if prepared is None:
+            convert.fill_blank(target)
+        else:
+            convert.write_into(prepared, target, scratch, progress)
+    if progress is not None:
+        progress(100.0)
+
+
+def _abandon(jobs: instance.InstanceJobs, name: str, err: BaseException) -> None:
+    """Remove the half-created instance; raise DirectImportError saying so."""
+    reason = instance.first_line(err)
+    problem = jobs.remove(name)
+    if problem is None:
+        message = "%s; instance %s removed" % (reason, name)
+    else:
+        message = ("%s; instance %s could not be removed (%s): remove it with"
+                   " gnt-instance remove %s" % (reason, name, problem, name))
+    raise instance.DirectImportError(message) from err

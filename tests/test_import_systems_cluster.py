@@ -1,6 +1,6 @@
 """A whole vApp into the real cluster: `gnt-ovf import --system all
---submit-import` makes one instance per virtual system, through the same
-import job as a single system.  Disks are compared by sha256."""
+--submit-import --via-export` makes one instance per virtual system, through
+the same import job as a single system (a direct import takes one system).  Disks are compared by sha256."""
 
 import os
 
@@ -20,7 +20,8 @@ def test_system_all_submits_one_import_per_system(ganeti_cluster):
         result = cluster.run(
             ["/usr/bin/python3", "-m", "ganeti_ovf", "import", "--system", "all",
              "--disk-template", "file", "--no-nics",
-             "--submit-import", "-n", NODE, "--no-name-check", "--no-ip-check",
+             "--submit-import", "--via-export", "-n", NODE, "--no-name-check",
+             "--no-ip-check",
              "--ignore-ipolicy", cluster.inner_path(package)],
             checkout_on_path=True)
         for name, (system_id, _, href, size) in zip(NAMES, realworld.VAPP_SYSTEMS,

@@ -1,9 +1,11 @@
 """Ganeti jobs around a conversion: import after, export before.
 
-`gnt-ovf import --submit-import` converts the package into this node's
-export directory and then submits what `gnt-backup import` would
-(OpInstanceCreate in import mode), taking the instance's description from
-the config.ini just written: only placement and checks come from options.
+`gnt-ovf import --submit-import` creates the instance and writes its disks
+directly (cluster/instance.py); with --via-export it converts the package
+into this node's export directory and then submits what `gnt-backup import`
+would (OpInstanceCreate in import mode), taking the instance's description
+from the config.ini just written: only placement and checks come from
+options.
 `gnt-ovf export INSTANCE --node NODE` first submits what `gnt-backup export`
 would (OpBackupExport to NODE, which must be this node, where the converter
 reads the export) unless an export is already there (--refresh forces one).
@@ -30,6 +32,13 @@ IMPORT_JOB_OPTIONS = (
     ("ip_check", "--no-ip-check", True), ("conflicts_check", "--no-conflicts-check", True),
     ("ignore_ipolicy", "--ignore-ipolicy", False),
     ("identify_defaults", "--identify-defaults", False),
+    ("submit_only", "--submit", False), ("print_jobid", "--print-jobid", False),
+    ("via_export", "--via-export", False), ("start", "--start", False),
+)
+# Options of the export-directory path only: a direct import writes no
+# export and must wait for its jobs.
+VIA_EXPORT_OPTIONS = (
+    ("output_dir", "--output-dir", None), ("src_node", "--src-node", None),
     ("submit_only", "--submit", False), ("print_jobid", "--print-jobid", False),
 )
 EXPORT_JOB_OPTIONS = (
@@ -63,9 +72,16 @@ def check_import_options(opts, output_dir: str,
         if given:
             raise OptionError("%s applies only with --submit-import" % given[0])
         return
+    if not opts.via_export:
+        given = _given(opts, VIA_EXPORT_OPTIONS)
+        if given:
+            raise OptionError("%s applies only with --via-export (a direct import"
+                              " writes no export directory and waits for its jobs)"
+                              % given[0])
+        return
     if not opts.node and not opts.iallocator:
-        raise OptionError("--submit-import needs --node NODE[:SECONDARY] or"
-                          " --iallocator NAME")
+        raise OptionError("--submit-import --via-export needs --node NODE[:SECONDARY]"
+                          " or --iallocator NAME")
     # Ganeti's import reads the disks from its export directory only.
     if not ganeti_export.under_export_dir(output_dir, export_dir):
         raise OptionError("--submit-import: --output-dir %s is outside Ganeti's"
@@ -89,7 +105,7 @@ def import_opcode(system: VirtualSystem, directory: str,
         disks=[], nics=[], hvparams={}, beparams={}, osparams={},
         name_check=opts.name_check, ip_check=opts.ip_check,
         conflicts_check=opts.conflicts_check, ignore_ipolicy=opts.ignore_ipolicy,
-        identify_defaults=opts.identify_defaults, start=False,
+        identify_defaults=opts.identify_defaults, start=opts.start,
         compress=constants.IEC_NONE, wait_for_sync=True)
 
 

@@ -1,10 +1,14 @@
-"""Status of the export hook's background conversions: one JSON file each.
+"""Status of the export hook's background conversions, and of direct
+imports: one JSON file each.
 
 The hook (hook.py) writes `<status dir>/<conversion id>.json` when it queues
 a conversion and rewrites it (atomically: temporary file, rename) as the
 worker moves through queued → running → done | failed | superseded.
 `gnt-ovf status` reads them back.  A queued or running record whose worker
-process is gone (killed, node rebooted) is reported as "lost".
+process is gone (killed, node rebooted) is reported as "lost".  A direct
+import keeps one record, `import-<instance>`, running while it works; an
+instance the cluster still tags as being imported with no live import
+behind it is listed as "interrupted" (cluster/instance.py).
 """
 
 import dataclasses
@@ -21,8 +25,9 @@ from ganeti_ovf.errors import OvfError
 
 STATUS_DIR = os.path.join(pathutils.DATA_DIR, "ovf-status")
 SUFFIX = ".json"
-QUEUED, RUNNING, DONE, FAILED, SUPERSEDED, LOST = (
-    "queued", "running", "done", "failed", "superseded", "lost")
+QUEUED, RUNNING, DONE, FAILED, SUPERSEDED, LOST, INTERRUPTED = (
+    "queued", "running", "done", "failed", "superseded", "lost", "interrupted")
+IMPORT_PREFIX = "import-"
 STATES = (QUEUED, RUNNING, DONE, FAILED, SUPERSEDED)
 FINISHED = (DONE, FAILED, SUPERSEDED)
 # Finished records kept per instance; older ones are pruned by the hook.
@@ -170,7 +175,47 @@ def prune(status_dir: str, instance: str, keep: int = KEEP_FINISHED) -> None:
             pass
 
 
-def _when(timestamp: float) -> str:
+def record_import(instance: str, state: str, status_dir: str = STATUS_DIR,
+                  output: Optional[str] = None, error: Optional[str] = None) -> None:
+    """Write the direct import's record of `instance` (this process's)."""
+    pid = os.getpid()
+    now = time.time()
+    write(status_dir, Conversion(
+        conversion_id=IMPORT_PREFIX + instance, instance=instance, state=state,
+        created=now, updated=now, pid=pid, pid_start=process_start(pid),
+        output=output, error=error))
+
+
+def import_running(instance: str, status_dir: str = STATUS_DIR) -> Optional[int]:
+    """The pid of a live direct import of `instance` on this node, if any."""
+    path = os.path.join(status_dir, IMPORT_PREFIX + instance + SUFFIX)
+    if not os.path.exists(path):
+        return None
+    record = read(path)
+    return record.pid if effective_state(record) == RUNNING else None
+
+
+def with_leftovers(rows: list, leftovers: list) -> list:
+    """`rows` plus the instances left tagged by an interrupted import."""
+    by_id = {row["conversion_id"]: row for row in rows}
+    for instance in leftovers:
+        row = by_id.get(IMPORT_PREFIX + instance)
+        if row is not None and row["state"] == RUNNING:
+            continue
+        reason = ("left by an interrupted import: gnt-instance remove %s, or"
+                  " gnt-ovf import --force" % instance)
+        if row is None:
+            row = {"conversion_id": IMPORT_PREFIX + instance, "instance": instance,
+                   "created": None, "updated": None, "pid": None, "pid_start": None,
+                   "output": None}
+            rows.append(row)
+        row.update(state=INTERRUPTED, error=reason)
+    return rows
+
+
+def _when(timestamp: Optional[float]) -> str:
+    if timestamp is None:
+        return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 

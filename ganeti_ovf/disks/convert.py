@@ -4,8 +4,11 @@ This module owns the order of the steps and the files in between: a gzip or
 chunked file is first materialised (streamed, bounded) into a private staging
 file; then the image is inspected in Python (formats.py), opened by qemu-img
 info with the format found, cross-checked (qcow2 also by qemu-img check, which
-finds a truncated image), and converted to raw.  Nothing is
-trusted to be raw without inspection saying so.  Programs run only in qemu.py.
+finds a truncated image), and converted to raw: into a new sparse file
+(import_disk) or, for a direct import, into an instance's existing disk
+(prepare, then write_into; target.py opens and zeroes that disk).  Nothing
+is trusted to be raw without inspection saying so.  Programs run only in
+qemu.py.
 """
 
 import os
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 from ganeti_ovf.disks import formats, gzipstream, qemu, vmdkread
+from ganeti_ovf.disks.target import Target
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import COMPRESSION_GZIP, COMPRESSION_NONE, Member
 
@@ -106,32 +110,41 @@ def materialize(members: Sequence[Member], compression: str, staging_dir: str,
     return Member(name=name, path=path, offset=0, size=out.size)
 
 
-def import_disk(members: Sequence[Member], compression: str, capacity: int, dest: str,
-                staging_dir: str, progress: Optional[Callable[[float], None]] = None,
-                limit: Optional[int] = None,
-                max_size: Optional[int] = None) -> ImportedDisk:
-    """Convert a package's disk file to a new sparse raw file `dest`.
+@dataclass(frozen=True)
+class PreparedDisk:
+    """A package disk inspected and ready to convert: read from `member`
+    (a staging file when `staged`), as `image.format`."""
 
-    `members` are the file's chunks in order (one for an unchunked file).  The
-    raw output is extended (sparsely) to `capacity` when the image is smaller;
-    it is never cut.  `limit` bounds a materialised file (default: capacity
-    plus metadata slack; with no capacity, `max_size`).  An image whose
-    virtual size exceeds `max_size` is refused before conversion.  Raises
-    DiskError; no `dest` is left behind then.
+    member: Member
+    image: formats.DiskImage
+    virtual_size: int
+    staged: bool
+
+
+def prepare(members: Sequence[Member], compression: str, capacity: int,
+            staging_dir: str, limit: Optional[int] = None,
+            max_size: Optional[int] = None) -> PreparedDisk:
+    """Make a package's disk file readable and inspect it: no output yet.
+
+    `members` are the file's chunks in order (one for an unchunked file).
+    A compressed or chunked file is materialised first; `limit` bounds it
+    (default: capacity plus metadata slack; with no capacity, `max_size`).
+    The image is inspected here and by qemu-img info; an image whose virtual
+    size exceeds `max_size` is refused.  release() removes the staging file.
     """
     if not members:
-        raise DiskError("%s: no disk file" % dest)
+        raise DiskError("no disk file")
     if capacity < 0:
         raise DiskError("%s: negative capacity %d" % (members[0].name, capacity))
-    staged: Optional[Member] = None
     member = members[0]
+    staged = False
     if compression != COMPRESSION_NONE or len(members) > 1 \
             or not qemu.readable_in_place(member):
         if limit is None:
             base = capacity or max_size or 0
             limit = base + base // 8 + METADATA_SLACK
-        staged = materialize(members, compression, staging_dir, limit)
-        member = staged
+        member = materialize(members, compression, staging_dir, limit)
+        staged = True
     try:
         image = formats.inspect(member)
         described = qemu.info(member, image.format, expected_size=image.virtual_size)
@@ -139,31 +152,66 @@ def import_disk(members: Sequence[Member], compression: str, capacity: int, dest
         if max_size is not None and virtual_size > max_size:
             raise DiskError("%s: virtual size %d bytes is over the maximum of %d"
                             " (--max-disk-size)" % (member.name, virtual_size, max_size))
-        # The consistency check (a truncated or damaged image) runs beside
-        # the conversion; a failure discards the output.
-        with ThreadPoolExecutor(max_workers=1) as checker:
-            check = None
-            if _needs_check(image):
-                check = checker.submit(qemu.check_member, member, image.format)
-            try:
-                if _stream_optimized(image):
-                    # qemu-img walks every grain of the virtual disk; our
-                    # reader only reads the stored ones (vmdkread.py).
-                    vmdkread.convert_stream_optimized(member, dest, virtual_size,
-                                                      progress=progress)
-                else:
-                    qemu.convert_to_raw(member, image.format, dest, progress,
-                                        virtual_size)
-            finally:
-                if check is not None:
-                    try:
-                        check.result()
-                    except BaseException:
-                        _discard(dest)
-                        raise
+    except BaseException:
+        if staged:
+            os.unlink(member.path)
+        raise
+    return PreparedDisk(member=member, image=image, virtual_size=virtual_size,
+                        staged=staged)
+
+
+def release(prepared: PreparedDisk) -> None:
+    """Remove the staging file of `prepared`, if any."""
+    if prepared.staged:
+        _discard(prepared.member.path)
+
+
+def _checked(prepared: PreparedDisk, write: Callable[[], None]) -> None:
+    """Run write() while qemu-img check vouches for the image beside it
+    (a truncated or damaged image); either failing fails the whole."""
+    with ThreadPoolExecutor(max_workers=1) as checker:
+        check = None
+        if _needs_check(prepared.image):
+            check = checker.submit(qemu.check_member, prepared.member,
+                                   prepared.image.format)
+        try:
+            write()
+        finally:
+            if check is not None:
+                check.result()
+
+
+def import_disk(members: Sequence[Member], compression: str, capacity: int, dest: str,
+                staging_dir: str, progress: Optional[Callable[[float], None]] = None,
+                limit: Optional[int] = None,
+                max_size: Optional[int] = None) -> ImportedDisk:
+    """Convert a package's disk file to a new sparse raw file `dest`.
+
+    See prepare() for `members`, `limit` and `max_size`.  The raw output is
+    extended (sparsely) to `capacity` when the image is smaller; it is never
+    cut.  Raises DiskError; no `dest` is left behind then.
+    """
+    if not members:
+        raise DiskError("%s: no disk file" % dest)
+    prepared = prepare(members, compression, capacity, staging_dir, limit, max_size)
+    member, image, virtual_size = prepared.member, prepared.image, prepared.virtual_size
+
+    def write() -> None:
+        if _stream_optimized(image):
+            # qemu-img walks every grain of the virtual disk; our
+            # reader only reads the stored ones (vmdkread.py).
+            vmdkread.convert_stream_optimized(member, dest, virtual_size,
+                                              progress=progress)
+        else:
+            qemu.convert_to_raw(member, image.format, dest, progress, virtual_size)
+
+    try:
+        _checked(prepared, write)
+    except BaseException:
+        _discard(dest)
+        raise
     finally:
-        if staged is not None:
-            os.unlink(staged.path)
+        release(prepared)
     try:
         size = os.stat(dest).st_size
         if size < capacity:
@@ -175,6 +223,43 @@ def import_disk(members: Sequence[Member], compression: str, capacity: int, dest
                         % (dest, capacity, err.strerror)) from None
     return ImportedDisk(path=dest, format=image.format, virtual_size=virtual_size,
                         size=size, details=dict(image.details))
+
+
+def write_into(prepared: PreparedDisk, disk: Target, staging_dir: str,
+               progress: Optional[Callable[[float], None]] = None) -> None:
+    """Convert `prepared` into the existing disk `disk`, every byte of it.
+
+    Where `disk` is known to read as zeros only data is written; elsewhere
+    the ranges without data, and the disk's tail past the image, are zeroed
+    (BLKZEROOUT, a punched hole; qemu-img without --target-is-zero).  The
+    disk is flushed before this returns.
+    """
+    member, image, virtual_size = prepared.member, prepared.image, prepared.virtual_size
+    if virtual_size > disk.size:
+        raise DiskError("%s: virtual size %d bytes does not fit the instance disk %s"
+                        " (%d bytes)" % (member.name, virtual_size, disk.path, disk.size))
+    zero = None if disk.known_zero else disk.zero
+
+    def write() -> None:
+        if _stream_optimized(image):
+            vmdkread.write_stream_optimized(member, disk.fd, disk.path, virtual_size,
+                                            zero=zero, progress=progress)
+        else:
+            qemu.convert_into(member, image.format, disk.path, disk.size,
+                              disk.known_zero, staging_dir, progress, virtual_size)
+
+    _checked(prepared, write)
+    if zero is not None and disk.size > virtual_size:
+        zero(virtual_size, disk.size - virtual_size)
+    disk.sync()
+
+
+def fill_blank(disk: Target) -> None:
+    """Make the whole of `disk` read as zeros (nothing to do on a new sparse
+    file) and flush it."""
+    if not disk.known_zero:
+        disk.zero(0, disk.size)
+    disk.sync()
 
 
 def _stream_optimized(image: formats.DiskImage) -> bool:

@@ -314,6 +314,28 @@ def convert_to_raw(member: Member, fmt: str, dest: str,
         raise
 
 
+def convert_into(member: Member, fmt: str, dest: str, dest_size: int,
+                 target_is_zero: bool, log_dir: str,
+                 progress: Optional[Progress] = None,
+                 virtual_size: Optional[int] = None) -> None:
+    """Write `member` (read as `fmt`) into the existing raw disk `dest`
+    (a file or block device of `dest_size` bytes), never creating it (-n).
+
+    `target_is_zero` lets qemu-img skip zeros (the disk reads as zeros
+    already); otherwise it writes them (as write-zeroes requests).  Bytes of
+    `dest` past the image's virtual size are left as they are.
+    """
+    if virtual_size is None:
+        virtual_size = info(member, fmt)["virtual-size"]
+    args = ["convert", "-p", "-W", "-n", "--image-opts", image_opts(member, fmt),
+            "-O", "raw"]
+    if target_is_zero:
+        args.append("--target-is-zero")
+    _run_logged(args + [os.path.abspath(dest)], member.name,
+                _convert_seconds(member.size, virtual_size), dest_size, log_dir,
+                progress)
+
+
 def convert_from_raw(src: str, fmt: str, dest: str, compress: bool = False,
                      progress: Optional[Progress] = None,
                      hwversion: str = VMDK_HWVERSION,

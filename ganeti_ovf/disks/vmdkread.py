@@ -39,6 +39,7 @@ from ganeti_ovf.disks.vmdkstream import (COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG
                                    MARKER_EOS, MARKER_FOOTER, META_MARKER, SECTOR)
 from ganeti_ovf.disks import deflate
 from ganeti_ovf.disks.formats import open_image
+from ganeti_ovf.disks.target import pwrite_all
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import Member
 
@@ -57,6 +58,7 @@ BATCH_BYTES = 1024 ** 2  # compressed bytes read per task
 MAX_THREADS = 8
 
 Progress = Callable[[float], None]
+Zero = Callable[[int, int], None]  # zero(offset, length) on the output
 _Grain = Tuple[int, int]  # (file sector of the marker, grain index)
 
 
@@ -228,11 +230,13 @@ def _batches(src: _Source, geo: _Geometry, index: int, table: array) -> List[Lis
 class _Converter:
     """Reads, inflates and writes batches of grains (runs on pool threads)."""
 
-    def __init__(self, src: _Source, geo: _Geometry, out: int, dest: str) -> None:
+    def __init__(self, src: _Source, geo: _Geometry, out: int, dest: str,
+                 zero: Optional[Zero] = None) -> None:
         self.src = src
         self.geo = geo
         self.out = out
         self.dest = dest
+        self.zero = zero  # None: the output already reads as zeros
         self.zero_grain = bytes(geo.grain)
         self.zero_page = bytes(PAGE)
         # Compressed data may not exceed twice the grain (QEMU's bound).
@@ -292,9 +296,14 @@ class _Converter:
         if len(raw) != geo.grain and len(raw) != remaining:
             raise DiskError("%s: VMDK grain at sector %d inflates to %d bytes, not %d"
                             % (name, sector, len(raw), geo.grain))
-        if raw == self.zero_grain:
-            return
         limit = min(len(raw), remaining)
+        if raw == self.zero_grain:
+            if self.zero is not None:
+                self.zero(position, limit)
+            return
+        if self.zero is not None:  # every byte must be written: no holes
+            self._write(raw[:limit], position)
+            return
         page, run = 0, -1
         while page < limit:
             # Leave zero pages as holes; write each run of data pages once.
@@ -309,13 +318,7 @@ class _Converter:
             self._write(raw[run:limit], position + run)
 
     def _write(self, data: bytes, position: int) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                count = os.pwrite(self.out, view, position)
-            except OSError as err:
-                raise DiskError("%s: cannot write: %s" % (self.dest, err.strerror)) from None
-            view, position = view[count:], position + count
+        pwrite_all(self.out, data, position, self.dest)
 
 
 def convert_stream_optimized(member: Member, dest: str, virtual_size: int,
@@ -330,6 +333,35 @@ def convert_stream_optimized(member: Member, dest: str, virtual_size: int,
     inconsistency in the image or a read or write failure; no `dest` is left
     behind then.
     """
+    try:
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise DiskError("%s: cannot create: %s" % (dest, err.strerror)) from None
+    try:
+        try:
+            os.ftruncate(out, virtual_size)
+        except OSError as err:
+            raise DiskError("%s: cannot size to %d bytes: %s"
+                            % (dest, virtual_size, err.strerror)) from None
+        write_stream_optimized(member, out, dest, virtual_size, threads=threads,
+                               progress=progress)
+    except BaseException:
+        os.close(out)
+        os.unlink(dest)
+        raise
+    os.close(out)
+
+
+def write_stream_optimized(member: Member, out: int, dest: str, virtual_size: int,
+                           zero: Optional[Zero] = None, threads: int = 0,
+                           progress: Optional[Progress] = None) -> None:
+    """Write the streamOptimized VMDK `member` into the open raw disk `out`
+    (named `dest` in messages), at least `virtual_size` bytes long.
+
+    With `zero` None the disk must already read as zeros and only data is
+    written; otherwise every byte of the virtual disk is written, the
+    ranges without data through zero(offset, length).
+    """
     fd = open_image(member)
     try:
         src = _Source(fd, member)
@@ -337,24 +369,33 @@ def convert_stream_optimized(member: Member, dest: str, virtual_size: int,
         if geo.capacity != virtual_size:
             raise DiskError("%s: VMDK capacity %d differs from the virtual size %d"
                             % (member.name, geo.capacity, virtual_size))
-        try:
-            out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except OSError as err:
-            raise DiskError("%s: cannot create: %s" % (dest, err.strerror)) from None
-        try:
-            try:
-                os.ftruncate(out, virtual_size)
-            except OSError as err:
-                raise DiskError("%s: cannot size to %d bytes: %s"
-                                % (dest, virtual_size, err.strerror)) from None
-            _convert(src, geo, _Converter(src, geo, out, dest), threads, progress)
-        except BaseException:
-            os.close(out)
-            os.unlink(dest)
-            raise
-        os.close(out)
+        _convert(src, geo, _Converter(src, geo, out, dest, zero), threads, progress)
     finally:
         os.close(fd)
+
+
+def _zero_grains(geo: _Geometry, first: int, end: int, zero: Zero) -> None:
+    start, stop = first * geo.grain, min(end * geo.grain, geo.capacity)
+    if stop > start:
+        zero(start, stop - start)
+
+
+def _zero_unstored(geo: _Geometry, index: int, table: array, zero: Zero) -> None:
+    """Zero the runs of grains table `index` does not store."""
+    base = index * geo.gtes
+    zero_entries = geo.flags & FLAG_ZERO_GRAIN
+    count = min(geo.gtes, geo.grains - base)
+    run = -1
+    for i in range(count):
+        sector = table[i]
+        stored = sector and not (zero_entries and sector == GTE_ZEROED)
+        if not stored and run < 0:
+            run = i
+        elif stored and run >= 0:
+            _zero_grains(geo, base + run, base + i, zero)
+            run = -1
+    if run >= 0:
+        _zero_grains(geo, base + run, base + count, zero)
 
 
 def _convert(src: _Source, geo: _Geometry, converter: _Converter, threads: int,
@@ -363,9 +404,14 @@ def _convert(src: _Source, geo: _Geometry, converter: _Converter, threads: int,
     in_flight = 2 * workers
     pending: Deque[concurrent.futures.Future] = collections.deque()
     last = 0.0
+    zero = converter.zero
+    with_data = bytearray(geo.num_gts) if zero is not None else None
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         try:
             for index, table in _grain_tables(src, geo):
+                if with_data is not None:
+                    with_data[index] = 1
+                    _zero_unstored(geo, index, table, zero)
                 for batch in _batches(src, geo, index, table):
                     pending.append(pool.submit(converter.run, batch))
                     while len(pending) >= in_flight:
@@ -375,6 +421,8 @@ def _convert(src: _Source, geo: _Geometry, converter: _Converter, threads: int,
                     if done >= last + 1:
                         progress(done)
                         last = done
+            if with_data is not None:
+                _zero_tables_without_data(geo, with_data, zero)
             while pending:
                 pending.popleft().result()
         finally:
@@ -382,3 +430,17 @@ def _convert(src: _Source, geo: _Geometry, converter: _Converter, threads: int,
                 future.cancel()
     if progress is not None:
         progress(100.0)
+
+
+def _zero_tables_without_data(geo: _Geometry, with_data: bytearray, zero: Zero) -> None:
+    """Zero the grains of every table that holds no data, run by run."""
+    index = 0
+    while index < geo.num_gts:
+        if with_data[index]:
+            index += 1
+            continue
+        end = index
+        while end < geo.num_gts and not with_data[end]:
+            end += 1
+        _zero_grains(geo, index * geo.gtes, end * geo.gtes, zero)
+        index = end

@@ -2,8 +2,9 @@
 
 `gnt-ovf export INSTANCE --node NODE` submits the export job only when no
 export is there (or with --refresh), then converts; `gnt-ovf import
---submit-import` converts and submits the import job, waiting for it or,
-with --submit, printing its id.  Disks are compared by sha256.
+--submit-import --via-export` converts and submits the import job, waiting
+for it or, with --submit, printing its id (the direct import is tested in
+test_instance_cluster.py).  Disks are compared by sha256.
 """
 
 import os
@@ -92,7 +93,8 @@ def test_submit_import_waits_for_the_job(ganeti_cluster, exported):
     cluster = ganeti_cluster
     ova, digest = exported
     copy = "jobcopy1.example.com"
-    result = gnt_ovf(cluster, "import", "--submit-import", "-n", NODE, "--name", copy,
+    result = gnt_ovf(cluster, "import", "--submit-import", "--via-export", "-n", NODE,
+                     "--name", copy,
                      *net("192.0.2.81"), *JOB_OPTS, ova)
     assert "Instance %s imported" % copy in result.stdout
     info = cluster.instance_info(copy)
@@ -107,7 +109,8 @@ def test_submit_import_with_submit_prints_the_job(ganeti_cluster, exported):
     cluster = ganeti_cluster
     ova, digest = exported
     copy = "jobcopy2.example.com"
-    result = gnt_ovf(cluster, "import", "--submit-import", "--submit", "--print-jobid",
+    result = gnt_ovf(cluster, "import", "--submit-import", "--via-export", "--submit",
+                     "--print-jobid",
                      "-n", NODE, "--name", copy, *net("192.0.2.82"), *JOB_OPTS, ova)
     job_id = result.stdout.splitlines()[1]  # after "Instance ... written to ..."
     assert job_id.isdigit(), result.stdout
@@ -121,14 +124,15 @@ def test_submit_import_with_submit_prints_the_job(ganeti_cluster, exported):
 
 def test_submit_import_refused_before_converting(ganeti_cluster, exported):
     ova, _digest = exported
-    result = gnt_ovf(ganeti_cluster, "import", "--submit-import", "-n", NODE,
-                     "--output-dir", "/var/lib/ganeti/elsewhere", "--name",
+    result = gnt_ovf(ganeti_cluster, "import", "--submit-import", "--via-export", "-n",
+                     NODE, "--output-dir", "/var/lib/ganeti/elsewhere", "--name",
                      "jobcopy3.example.com", ova, check=False)
     assert result.returncode != 0
     assert ("Failure: --submit-import: --output-dir /var/lib/ganeti/elsewhere is outside"
             in result.stderr)
     assert not os.path.exists(ganeti_cluster.host_path("/var/lib/ganeti/elsewhere"))
-    result = gnt_ovf(ganeti_cluster, "import", "--submit-import", ova, check=False)
-    assert "--submit-import needs --node" in result.stderr
+    result = gnt_ovf(ganeti_cluster, "import", "--submit-import", "--via-export", ova,
+                     check=False)
+    assert "--submit-import --via-export needs --node" in result.stderr
     result = gnt_ovf(ganeti_cluster, "import", "--src-node", NODE, ova, check=False)
     assert "Failure: --src-node applies only with --submit-import" in result.stderr

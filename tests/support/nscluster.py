@@ -79,6 +79,7 @@ NODE_IP = "192.0.2.1"
 CLUSTER_NAME = "cluster.example.com"
 CLUSTER_IP = "192.0.2.100"
 FILE_STORAGE_DIR = "/srv/ganeti/file-storage"
+SHARED_FILE_STORAGE_DIR = "/srv/ganeti/shared-file-storage"
 EXPORT_DIR = "/var/lib/ganeti/export"
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 STATE_PREFIX = "ganeti-ovf-cluster-"
@@ -95,9 +96,10 @@ PRIVATE_MOUNTS = {
 
 INIT_COMMAND = [
     "gnt-cluster", "init", "--enabled-hypervisors=fake",
-    "--enabled-disk-templates=file,diskless", "--master-netdev=lo",
+    "--enabled-disk-templates=file,sharedfile,diskless", "--master-netdev=lo",
     "--nic-parameters=mode=routed,link=lo", "--no-ssh-init", "--no-etc-hosts",
-    f"--file-storage-dir={FILE_STORAGE_DIR}", CLUSTER_NAME,
+    f"--file-storage-dir={FILE_STORAGE_DIR}",
+    f"--shared-file-storage-dir={SHARED_FILE_STORAGE_DIR}", CLUSTER_NAME,
 ]
 
 #: The KVM variant (fixture `ganeti_kvm_cluster`): instances really boot,
@@ -225,7 +227,8 @@ class Cluster:
         state = self._state()
         self._write("owner", f"{os.getpid()}\n")
         for sub in ("run/lock", "run/ganeti", "var-lib-ganeti",
-                    "var-log-ganeti", "srv/ganeti/file-storage"):
+                    "var-log-ganeti", "srv/ganeti/file-storage",
+                    "srv/ganeti/shared-file-storage"):
             os.makedirs(os.path.join(state, sub))
         os.chmod(os.path.join(state, "run/lock"), 0o1777)
         os.symlink("/dev/shm", os.path.join(state, "run/shm"))
@@ -233,7 +236,8 @@ class Cluster:
         etc = os.path.join(state, "etc-ganeti")
         shutil.copytree("/etc/ganeti", etc, symlinks=True)
         os.makedirs(os.path.join(etc, "hooks"), exist_ok=True)
-        self._write("etc-ganeti/file-storage-paths", FILE_STORAGE_DIR + "\n")
+        self._write("etc-ganeti/file-storage-paths",
+                    FILE_STORAGE_DIR + "\n" + SHARED_FILE_STORAGE_DIR + "\n")
         self._write("hosts", f"127.0.0.1 localhost\n{NODE_IP} {NODE}\n"
                              f"{CLUSTER_IP} {CLUSTER_NAME}\n")
         self._write("hostname", NODE + "\n")
@@ -434,15 +438,16 @@ class Cluster:
                 info[field] = value
         return info
 
-    def disk_paths(self, name: str) -> list[str]:
+    def disk_paths(self, name: str, storage_dir: str = FILE_STORAGE_DIR) -> list[str]:
         """Host paths of the instance's file disks, by disk index.
 
-        Ganeti 3.0 names them FILE_STORAGE_DIR/<instance>/<uuid>.file.disk<N>.
+        Ganeti 3.0 names them FILE_STORAGE_DIR/<instance>/<uuid>.file.disk<N>
+        (SHARED_FILE_STORAGE_DIR for sharedfile).
         """
-        directory = self.host_path(f"{FILE_STORAGE_DIR}/{name}")
+        directory = self.host_path(f"{storage_dir}/{name}")
         found = {}
         for entry in os.listdir(directory):
-            stem, sep, index = entry.rpartition(".file.disk")
+            stem, sep, index = entry.rpartition("file.disk")  # or sharedfile.disk
             if sep and stem and index.isdigit():
                 found[int(index)] = os.path.join(directory, entry)
         return [found[index] for index in sorted(found)]

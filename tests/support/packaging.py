@@ -78,8 +78,10 @@ FORMAT_OPTIONS = {
 
 def build_package(workdir, name="appliance", disks=(("vmdk", 64 * MIB),), nics=1,
                   ova=False, gzip_disks=False, chunk_size=None, manifest="sha256",
-                  system_name="appliance.example.com"):
-    """Build an OVF folder or OVA in `workdir`; return (package path, raw images)."""
+                  system_name="appliance.example.com", blank=()):
+    """Build an OVF folder or OVA in `workdir`; return (package path, raw images).
+
+    `blank` are the sizes of blank disks (no file) after the others."""
     os.makedirs(workdir, exist_ok=True)
     files, model_disks, raws, members = [], [], [], []
     for index, (kind, size) in enumerate(disks):
@@ -121,6 +123,7 @@ def build_package(workdir, name="appliance", disks=(("vmdk", 64 * MIB),), nics=1
         files.append(ref)
         model_disks.append(Disk("vmdisk%d" % index, size, ref,
                                 versions.FORMAT_URIS[fmt][0]))
+    model_disks += [Disk("blank%d" % index, size) for index, size in enumerate(blank)]
     system = VirtualSystem(
         system_id=name, name=system_name, vcpus=2, memory_mib=512,
         disks=tuple(model_disks),
