@@ -13,8 +13,9 @@ subpackage:
 At the top, what sequences the stages or is shared by all of them: plan.py
 (the model checked against Ganeti's rules), importer.py and exporter.py
 (the two directions), describe.py (info), publish.py (staging and atomic
-publication), hook.py (the export hook's runner), cli.py (the command
-table), errors.py and model.py.  A stage never imports the modules above it.
+publication), progress.py (progress shown to the operator), hook.py (the
+export hook's runner), cli.py (the command table), errors.py and model.py.
+A stage never imports the modules above it.
 
 Importing the package makes Ganeti's Python library importable: Debian installs
 it under /usr/share/ganeti/default, which is not on sys.path (Ganeti's own

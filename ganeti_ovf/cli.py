@@ -157,6 +157,9 @@ SHUTDOWN_TIMEOUT_OPT = cli_option("--shutdown-timeout", dest="shutdown_timeout",
                                   help="With --node: seconds to wait for the instance"
                                   " to shut down before it is forced off (default: %d)"
                                   % constants.DEFAULT_SHUTDOWN_TIMEOUT)
+QUIET_OPT = cli_option("-q", "--quiet", dest="quiet", default=False, action="store_true",
+                       help="Show no progress (default: bytes done, rate and time left,"
+                       " redrawn on a terminal, a line every 5 seconds elsewhere)")
 RESULT_OUTPUT_OPT = cli_option("--output", dest="output_format", default="text",
                                choices=["text", "json"], metavar="text|json",
                                help="Result format: text, or one JSON object for"
@@ -166,7 +169,8 @@ STATUS_OUTPUT_OPT = cli_option("--output", dest="output_format", default="text",
                                help="Output format (default: text)")
 
 import_opts = [
-    NAME_OPT, OUTPUT_DIR_OPT, RESULT_OUTPUT_OPT, cli.BACKEND_OPT, cli.HYPERVISOR_OPT, cli.OS_OPT,
+    NAME_OPT, OUTPUT_DIR_OPT, RESULT_OUTPUT_OPT, QUIET_OPT, cli.BACKEND_OPT,
+    cli.HYPERVISOR_OPT, cli.OS_OPT,
     cli.OSPARAMS_OPT, cli.DISK_TEMPLATE_OPT, cli.DISK_OPT, cli.NET_OPT,
     cli.NONICS_OPT, cli.TAG_ADD_OPT, SYSTEM_OPT, PROFILE_OPT, REPLACE_OPT,
     REQUIRE_MANIFEST_OPT, TRUST_STORE_OPT, REQUIRE_SIGNATURE_OPT, MAX_DISK_SIZE_OPT,
@@ -182,7 +186,7 @@ export_opts = [
     FORMAT_OPT, COMPRESS_OPT, COMPRESS_LEVEL_OPT, OVA_OPT, EXTERNAL_OPT, MANIFEST_OPT,
     OVF_VERSION_OPT, OUTPUT_DIR_OPT, EXPORT_NAME_OPT, REPLACE_OPT, HARDWARE_FAMILY_OPT,
     NIC_MODEL_OPT, DISK_CONTROLLER_OPT, CHUNK_SIZE_OPT, SIGN_OPT, CERT_OPT, cli.VERBOSE_OPT,
-    RESULT_OUTPUT_OPT,
+    RESULT_OUTPUT_OPT, QUIET_OPT,
     # --node: the gnt-backup export job first, with its options
     EXPORT_NODE_OPT, REFRESH_OPT, cli.NOSHUTDOWN_OPT, SHUTDOWN_TIMEOUT_OPT,
     cli.LONG_SLEEP_OPT, cli.TRANSPORT_COMPRESSION_OPT,
@@ -285,6 +289,11 @@ def _feedback(opts, warnings: Optional[list] = None):
             ToStderr("%s", message)
         logging.info("%s", message)
     return feedback
+
+
+def _progress_stream(opts):
+    """Where long work shows its progress: standard error, unless --quiet."""
+    return None if getattr(opts, "quiet", False) else sys.stderr
 
 
 def _printable_lines(text: str) -> str:
@@ -393,7 +402,7 @@ def ImportPackage(opts, args):
     if opts.submit_import and not opts.via_export:
         direct = importer.import_direct(
             request, instance.InstanceJobs(opts, feedback), opts.start, feedback,
-            progress_stream=sys.stderr if sys.stderr.isatty() and not as_json else None)
+            progress_stream=_progress_stream(opts))
         if as_json:
             ToStdout("%s", _result_json(
                 "import", started, warnings, instance=direct.name, node=direct.node,
@@ -404,7 +413,7 @@ def ImportPackage(opts, args):
             ToStdout("Instance %s imported on %s in %.1f s (%s)", direct.name, direct.node,
                      direct.seconds, "started" if opts.start else "stopped")
         return 0
-    result = importer.import_package(request, feedback)
+    result = importer.import_package(request, feedback, _progress_stream(opts))
     name = result.plan.system.name
     if not as_json:
         _written(result)
@@ -571,7 +580,7 @@ def ExportPackage(opts, args):
             opts, source, feedback,
             check=lambda instance: exporter.check_target(request, instance))
         request = dataclasses.replace(request, source=instance)
-    result = exporter.export_package(request, feedback)
+    result = exporter.export_package(request, feedback, _progress_stream(opts))
     if opts.output_format == "json":
         system = result.appliance.systems[0]
         ToStdout("%s", _result_json(

@@ -12,11 +12,12 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Optional, Tuple
+from typing import BinaryIO, Callable, Optional, TextIO, Tuple
 
 from ganeti_ovf.cluster import ganeti_export, hardware_map
 from ganeti_ovf.package import manifest, signature
 from ganeti_ovf import plan, publish
+from ganeti_ovf.progress import Progress
 from ganeti_ovf.disks import deflate, gzipstream, qemu, sparse, vmdkstream
 from ganeti_ovf.descriptor import versions
 from ganeti_ovf.descriptor.writer import write_descriptor
@@ -229,14 +230,19 @@ class _ChunkSplitter:
 
 
 def _disk_producer(request: ExportRequest, source: str, capacity: int, href: str,
-                   scratch: str, feedback: Feedback) -> Callable[[BinaryIO], None]:
-    """A function writing one disk's stored bytes (format, then gzip) to `out`."""
+                   scratch: str, feedback: Feedback,
+                   progress: Optional[Callable[[float], None]] = None
+                   ) -> Callable[[BinaryIO], None]:
+    """A function writing one disk's stored bytes (format, then gzip) to `out`;
+    progress(percent) follows the VMDK writer."""
     fmt = request.disk_format
 
     def produce_format(out) -> None:
         if fmt == "vmdk":
-            vmdkstream.write_stream_optimized(source, out, capacity=capacity,
-                                              name=href.rsplit(".gz", 1)[0])
+            vmdkstream.write_stream_optimized(
+                source, out, capacity=capacity, name=href.rsplit(".gz", 1)[0],
+                progress=None if progress is None
+                else lambda done, total: progress(100.0 * done / max(total, 1)))
         elif fmt == "raw":
             sparse.copy(source, out)
         else:
@@ -275,7 +281,8 @@ def check_target(request: ExportRequest, instance: str) -> None:
                   request.force)
 
 
-def export_package(request: ExportRequest, feedback: Feedback) -> ExportResult:
+def export_package(request: ExportRequest, feedback: Feedback,
+                   progress_stream: Optional[TextIO] = None) -> ExportResult:
     """Convert a Ganeti export into an OVF package or an OVA."""
     check_request(request)
     config_path = ganeti_export.find_config(request.source, request.export_dir)
@@ -321,8 +328,13 @@ def export_package(request: ExportRequest, feedback: Feedback) -> ExportResult:
                             digest=request.manifest_algorithm)
         try:
             sink = _Sink(None if ova else staging.path, ova, request.manifest_algorithm)
-            stored_sizes, file_names = _write_disks(request, sources, capacities, hrefs,
-                                                    sink, staging.scratch(), feedback)
+            line = Progress(progress_stream, capacities)
+            try:
+                stored_sizes, file_names = _write_disks(request, sources, capacities, hrefs,
+                                                        sink, staging.scratch(), feedback,
+                                                        line)
+            finally:
+                line.close()
             appliance = _appliance(request, export, name, hrefs, capacities, stored_sizes)
             descriptor = write_descriptor(appliance, request.ovf_version, request.external,
                                           request.hardware_family)
@@ -357,13 +369,15 @@ def export_package(request: ExportRequest, feedback: Feedback) -> ExportResult:
 
 
 def _write_disks(request: ExportRequest, sources: list, capacities: list, hrefs: list,
-                 sink: _Sink, scratch: str, feedback: Feedback) -> Tuple[list, list]:
+                 sink: _Sink, scratch: str, feedback: Feedback,
+                 line: Progress) -> Tuple[list, list]:
     """Write every disk file; (stored size of each disk, every file name)."""
     stored_sizes, file_names = [], []
     for index, (source, capacity, href) in enumerate(
             zip(sources, capacities, hrefs, strict=True)):
         feedback("Writing disk %d as %s (%s)" % (index, request.disk_format, href))
-        producer = _disk_producer(request, source, capacity, href, scratch, feedback)
+        producer = _disk_producer(request, source, capacity, href, scratch, feedback,
+                                  line.callback(index))
         if request.chunk_size:
             splitter = _ChunkSplitter(sink, href, request.chunk_size)
             try:
@@ -376,6 +390,9 @@ def _write_disks(request: ExportRequest, sources: list, capacities: list, hrefs:
         else:
             stored_sizes.append(sink.write_file(href, producer))
             file_names.append(href)
+        progress = line.callback(index)
+        if progress is not None:
+            progress(100.0)  # formats that report nothing on the way
     return stored_sizes, file_names
 
 

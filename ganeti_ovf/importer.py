@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import shutil
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from ganeti_ovf.disks import convert
 from ganeti_ovf.cluster import ganeti_export, instance, status
 from ganeti_ovf.disks.target import Target
 from ganeti_ovf import publish
+from ganeti_ovf.progress import Progress
 from ganeti_ovf.descriptor.reader import parse_descriptor
 from ganeti_ovf.errors import DiskError, ManifestError, OptionError, PackageError
 from ganeti_ovf.cluster.ganeti_export import ExportedDisk, size_to_mib
@@ -148,8 +148,10 @@ def check_manifest(package: Package, referenced: list, require: bool,
     return [(manifest.entry(member.name), member) for member in referenced]
 
 
-def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
-    """Convert an OVF/OVA package into a Ganeti export directory."""
+def import_package(request: ImportRequest, feedback: Feedback,
+                   progress_stream: Optional[TextIO] = None) -> ImportResult:
+    """Convert an OVF/OVA package into a Ganeti export directory; the
+    conversion's progress is shown on `progress_stream` (see progress.py)."""
     output_dir = publish.output_directory(request.output_dir)
     for name in publish.clean_stale_staging(output_dir):
         logging.info("Removed staging left by an interrupted run: %s", name)
@@ -170,11 +172,16 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
             if os.path.lexists(staging.target) and not request.force:
                 raise PackageError("%s already exists (use --force to replace it)"
                                    % staging.target)
-            with _digests(digest_checks) as digests:
-                exported = _convert_verified(
-                    plan.system, digests,
-                    lambda index, disk: _convert_disk(index, disk, members, staging,
-                                                      feedback, request.max_disk_size))
+            line = Progress(progress_stream, [disk.capacity for disk in plan.system.disks])
+            try:
+                with _digests(digest_checks) as digests:
+                    exported = _convert_verified(
+                        plan.system, digests,
+                        lambda index, disk: _convert_disk(index, disk, members, staging,
+                                                          feedback, request.max_disk_size,
+                                                          line.callback(index)))
+            finally:
+                line.close()
             config = ganeti_export.build_config(plan.system, exported,
                                                 source=netutils.Hostname.GetSysName())
             with open(staging.file(ganeti_export.CONFIG_NAME), "w") as handle:
@@ -400,18 +407,21 @@ def _convert_verified(system: VirtualSystem, digests: list,
 
 
 def _convert_disk(index: int, disk: Disk, members: dict, staging: publish.Staging,
-                  feedback: Feedback, max_size: int) -> ExportedDisk:
+                  feedback: Feedback, max_size: int,
+                  progress: Optional[Callable[[float], None]] = None) -> ExportedDisk:
     dump = "disk%d.raw" % index
     dest = staging.file(dump)
     if disk.blank:
         feedback("Creating blank disk %d (%d MiB)" % (index, size_to_mib(disk.capacity)))
         convert.create_blank(dest, disk.capacity)
         size = disk.capacity
+        if progress is not None:
+            progress(100.0)
     else:
         feedback("Converting disk %d (%s) to raw" % (index, disk.file.href))
         result = convert.import_disk(members[disk.disk_id], disk.file.compression,
-                                   disk.capacity, dest, staging.scratch(),
-                                   max_size=max_size)
+                                     disk.capacity, dest, staging.scratch(),
+                                     progress=progress, max_size=max_size)
         size = max(disk.capacity, result.virtual_size)
     return ExportedDisk(dump=dump, size_mib=size_to_mib(size), name=disk.name)
 
@@ -425,46 +435,6 @@ class DirectResult:
     node: str
     seconds: float
     plan: Plan
-
-
-class ProgressLine:
-    """Bytes done of the total and the rate, redrawn on a terminal."""
-
-    INTERVAL = 0.5  # seconds between redraws
-
-    def __init__(self, stream: Optional[TextIO], sizes: list) -> None:
-        self.stream = stream
-        self.sizes = sizes
-        self.done = [0.0] * len(sizes)
-        self.total = sum(sizes) or 1
-        self.start = time.monotonic()
-        self.shown = 0.0
-        self.lock = threading.Lock()
-
-    def callback(self, index: int) -> Optional[Callable[[float], None]]:
-        if self.stream is None:
-            return None
-
-        def progress(percent: float) -> None:
-            with self.lock:
-                self.done[index] = self.sizes[index] * min(percent, 100.0) / 100
-                now = time.monotonic()
-                if now - self.shown >= self.INTERVAL:
-                    self.shown = now
-                    self._draw(now)
-        return progress
-
-    def _draw(self, now: float) -> None:
-        done = sum(self.done)
-        rate = done / max(now - self.start, 1e-3)
-        self.stream.write("\r%.2f of %.2f GiB (%.0f MiB/s)  "
-                          % (done / 1024 ** 3, self.total / 1024 ** 3, rate / 1024 ** 2))
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.stream is not None and self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def _elapsed(start: float) -> float:
@@ -534,7 +504,7 @@ def _create_and_write(system: VirtualSystem, prepared: dict, digests: list,
         _abandon(jobs, err.created, err)
     try:
         jobs.check_local(created)
-        line = ProgressLine(progress_stream, sizes)
+        line = Progress(progress_stream, sizes)
         try:
             _convert_verified(system, digests,
                               lambda index, disk: _write_disk(

@@ -1,7 +1,6 @@
 """gnt-ovf import end to end (command line), on packages built at test time
 and on the real-world corpus: disk bytes by sha256, config.ini by value."""
 
-import io
 import json
 import os
 import subprocess
@@ -11,7 +10,6 @@ from conftest import CORPUS
 from packaging import (MIB, allocated, build_package, read_config, run_gnt_ovf,
                        sha256_file)
 
-from ganeti_ovf.importer import ProgressLine
 
 
 def failure_lines(result):
@@ -289,21 +287,6 @@ def test_wrong_ovf_size_warns(tmp_path):
     directory, cfg = imported(str(tmp_path / "out"))
     assert sha256_file(os.path.join(directory, "disk0.raw")) == sha256_file(raws[0])
 
-
-def test_direct_import_progress_line_on_a_terminal_only():
-    """--submit-import's progress: bytes done of the total and the rate,
-    redrawn in place; nothing at all without a terminal (stream None)."""
-    quiet = ProgressLine(None, [MIB])
-    assert quiet.callback(0) is None
-    stream = io.StringIO()
-    line = ProgressLine(stream, [3 * 1024 ** 3, 1024 ** 3])
-    line.INTERVAL = 0
-    line.callback(0)(50.0)
-    line.callback(1)(100.0)
-    line.close()
-    shown = stream.getvalue()
-    assert shown.startswith("\r1.50 of 4.00 GiB (") and "\r2.50 of 4.00 GiB (" in shown
-    assert " MiB/s)" in shown and shown.endswith("\n")
 
 
 def test_import_json_result_for_scripts(tmp_path):

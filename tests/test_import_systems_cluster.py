@@ -1,6 +1,7 @@
 """A whole vApp into the real cluster: `gnt-ovf import --system all
 --submit-import --via-export` makes one instance per virtual system, through
-the same import job as a single system (a direct import takes one system).  Disks are compared by sha256."""
+the same import job as a single system (a direct import takes one system).
+Disks are compared by sha256."""
 
 import os
 

@@ -65,4 +65,4 @@ def test_every_stage_says_what_it_owns_and_may_import():
 def test_top_level_holds_only_the_sequencing_and_shared_modules():
     top = sorted(name[:-3] for name in os.listdir(LIBRARY) if name.endswith(".py"))
     assert top == sorted(["__init__", "__main__", "cli", "describe", "errors", "exporter",
-                          "hook", "importer", "model", "plan", "publish"])
+                          "hook", "importer", "model", "plan", "progress", "publish"])
