@@ -4,7 +4,8 @@ One tiny guest per source platform (tests/support/bootguest.py) whose
 initramfs drives only the hardware it was "made on", wrapped as that
 platform writes packages (tests/support/vendorpkg.py), goes through
 `gnt-ovf import` (inside the KVM cluster, which gives the cluster's default
-hypervisor, kvm) and `gnt-backup import`, and is started.  The guest's
+hypervisor, kvm) and `gnt-backup import` (the oVirt one through `gnt-ovf
+import --submit-import`), and is started.  The guest's
 report on the serial console says which drivers bound its disk and NIC.
 
 The same VMware guest imported with the mapping overridden to the cluster's
@@ -22,7 +23,7 @@ import time
 
 import pytest
 from bootguest import build_guest, report
-from nscluster import EXPORT_DIR
+from nscluster import EXPORT_DIR, NODE
 from packaging import run_gnt_ovf
 from vendorpkg import build_ova
 
@@ -48,6 +49,10 @@ CASES = {
 # Short instance names: the serial socket's path must fit a sockaddr_un.
 SHORT = {"vmware-ide": "b-ide", "vmware-lsilogic": "b-lsi", "virtualbox-sata": "b-sata",
          "ovirt-virtio": "b-virtio", "off": "b-off"}
+# Imported by gnt-ovf import --submit-import instead of gnt-backup import.
+DIRECT = ("ovirt-virtio",)
+DIRECT_ARGS = ("--submit-import", "-n", NODE, "--no-name-check", "--no-ip-check",
+               "--ignore-ipolicy")
 # Routed NICs need an address; each instance its own.
 IPS = {name: "192.0.2.%d" % (80 + index) for index, name in enumerate(SHORT.values())}
 
@@ -89,16 +94,19 @@ class SerialConsole(threading.Thread):
 
 def _convert(cluster, vendor, name, guest, import_args=()):
     """Build the guest, wrap it as `vendor` does, gnt-ovf import it, then
-    gnt-backup import it; gnt-ovf's output."""
+    gnt-backup import it (or, for DIRECT vendors, let gnt-ovf submit the
+    import job itself); gnt-ovf's output."""
     workdir = cluster.host_path("/srv/ganeti") + "/boot-" + name
     image = build_guest(os.path.join(workdir, "guest.raw"), guest, name)
     ova = build_ova(workdir, vendor, name, image)
     result = cluster.run(["/usr/bin/python3", "-m", "ganeti_ovf", "import",
                           "--disk-template", "file", "--net", "0:ip=%s" % IPS[name],
-                          *import_args, cluster.inner_path(ova)],
+                          *import_args, *(DIRECT_ARGS if vendor in DIRECT else ()),
+                          cluster.inner_path(ova)],
                          checkout_on_path=True, cwd=CHECKOUT)
-    cluster.import_instance(name, os.path.join(EXPORT_DIR, name), ip=None,
-                            disk_template=None)
+    if vendor not in DIRECT:
+        cluster.import_instance(name, os.path.join(EXPORT_DIR, name), ip=None,
+                                disk_template=None)
     return result.stdout
 
 
