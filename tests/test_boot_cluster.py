@@ -18,6 +18,7 @@ must declare the controller and NIC it ran with.
 import json
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -120,8 +121,10 @@ def booted(ganeti_kvm_cluster):
     cases.append(("vmware-ide", SHORT["off"], CASES["vmware-ide"][0],
                   ["-H", "kvm:disk_type=paravirtual,nic_type=paravirtual"]))
     try:
+        started = time.monotonic()
         outputs = {name: _convert(cluster, vendor, name, guest, args)
                    for vendor, name, guest, args in cases}
+        imported = time.monotonic()
         consoles = {}
         for name in outputs:
             consoles[name] = SerialConsole(cluster.serial_socket(name))
@@ -129,6 +132,9 @@ def booted(ganeti_kvm_cluster):
             cluster.run(["gnt-instance", "start", name])
         for console in consoles.values():
             console.join(BOOT_TIMEOUT)
+        # Shown by pytest -s or on failure: where the minutes go.
+        print("boot tests: imports %.0f s, boots %.0f s"
+              % (imported - started, time.monotonic() - imported), file=sys.stderr)
         yield {name: (report(consoles[name].text), outputs[name], consoles[name].text)
                for name in outputs}
     finally:
