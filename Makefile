@@ -22,7 +22,7 @@ PACKAGES    = ganeti_ovf ganeti_ovf/package ganeti_ovf/descriptor ganeti_ovf/dis
 
 # Debian packages the project needs to run and to be tested.
 DEB_RUNTIME = ganeti ganeti-os-noop qemu-utils python3-lxml python3-pyparsing \
-              python3-cryptography util-linux libdeflate0 pigz
+              python3-cryptography util-linux libdeflate0 pigz isal
 DEB_TEST    = python3-pytest python3-mock python3-hypothesis tar openssl \
               man-db groff-base iproute2 procps python3-venv \
               dpkg-dev debhelper build-essential git time \

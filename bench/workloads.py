@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -43,6 +44,7 @@ MIB = 1 << 20
 GIB = 1 << 30
 TIB = 1 << 40
 TEXT_BLOCK = 8 * MIB
+CHUNK_SIZE = 256 * MIB  # of the --chunk-size export
 # Hashing a whole disk is only sensible when it is small; larger ones are
 # compared with qemu-img compare, which skips holes.
 SHA256_LIMIT = 64 * GIB
@@ -64,14 +66,16 @@ class Sizes:
     w3: DiskData  # each of the w3_count disks of workload 3
     w3_count: int
     w4: DiskData  # the almost empty 1 TiB disk
+    wr: DiskData  # dense random data (nothing compresses)
 
 
 FULL = Sizes(w1=DiskData(4 * GIB, GIB, GIB, 16),
              w3=DiskData(GIB, 64 * MIB, 64 * MIB, 4), w3_count=4,
-             w4=DiskData(TIB, 4 * MIB, 4 * MIB, 4))
+             w4=DiskData(TIB, 4 * MIB, 4 * MIB, 4), wr=DiskData(GIB, GIB, 0, 1))
 QUICK = Sizes(w1=DiskData(256 * MIB, 32 * MIB, 32 * MIB, 4),
               w3=DiskData(64 * MIB, 8 * MIB, 8 * MIB, 2), w3_count=4,
-              w4=DiskData(TIB, 2 * MIB, 2 * MIB, 2))
+              w4=DiskData(TIB, 2 * MIB, 2 * MIB, 2),
+              wr=DiskData(64 * MIB, 64 * MIB, 0, 1))
 
 
 @dataclass
@@ -99,6 +103,7 @@ class Job:
 
     argv: List[str]
     outputs: List[str]
+    cwd: str = ROOT
 
 
 @dataclass
@@ -245,7 +250,8 @@ def build_package(directory: str, name: str, sources: List[Source], vmdks: List[
 
 def build_export_dir(directory: str, name: str, sources: List[Source]) -> str:
     """A Ganeti 3.0 export: config.ini and one raw dump per disk (hard links)."""
-    os.makedirs(directory, exist_ok=True)
+    shutil.rmtree(directory, ignore_errors=True)  # a stale one of other sizes
+    os.makedirs(directory)
     exported = []
     for index, src in enumerate(sources):
         dump = "disk%d.raw" % index
@@ -278,6 +284,14 @@ class Builder:
     def path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
 
+    def _key(self, name: str) -> str:
+        """What an artefact depends on: the sizes of its data set only, so
+        adding a data set does not rebuild the others."""
+        which = name.split("-", 1)[1]
+        data = getattr(self.sizes, "w1" if which == "w2" else which)
+        extra = {"w3_count": self.sizes.w3_count} if which == "w3" else {}
+        return json.dumps(dict(asdict(data), **extra), sort_keys=True)
+
     def _cached(self, name: str, kind: type, make: Callable[[], object]):
         if name in self._memo:
             return self._memo[name]
@@ -286,7 +300,7 @@ class Builder:
         if os.path.exists(stamp):
             with open(stamp) as handle:
                 saved = json.load(handle)
-            if saved["key"] == self.key:
+            if saved["key"] == self._key(name):
                 value = [kind(**item) for item in saved["value"]] if kind is not str \
                     else saved["value"]
         if value is None:
@@ -297,7 +311,7 @@ class Builder:
             os.makedirs(os.path.dirname(stamp), exist_ok=True)
             data = value if kind is str else [asdict(item) for item in value]
             with open(stamp, "w") as handle:
-                json.dump({"key": self.key, "value": data}, handle)
+                json.dump({"key": self._key(name), "value": data}, handle)
         self._memo[name] = value
         return value
 
@@ -305,6 +319,7 @@ class Builder:
         def make() -> List[Source]:
             os.makedirs(self.path("src"), exist_ok=True)
             data, count = {"w1": (self.sizes.w1, 1), "w4": (self.sizes.w4, 1),
+                           "wr": (self.sizes.wr, 1),
                            "w3": (self.sizes.w3, self.sizes.w3_count)}[which]
             return [write_source(self.path("src", "%s-%d.raw" % (which, i)), data,
                                  seed=hash_seed(which, i)) for i in range(count)]
@@ -338,6 +353,10 @@ def hash_seed(which: str, index: int) -> int:
 
 
 # ------------------------------------------------------------ commands
+
+
+# The checkout whose gnt-ovf is "ours" (run.py --ours-root: another commit's).
+OURS_ROOT = ROOT
 
 
 def ours(*args: str) -> List[str]:
@@ -387,7 +406,7 @@ def import_workload(builder: Builder, name: str, number: int, which: str,
     floor_script.append("sync %s/*" % q(floor))
     return Workload(
         name=name, number=number, description=description, kind="import",
-        ours=Job(ours("import", "--output-dir", mine, pkg.path), [mine]),
+        ours=Job(ours("import", "--output-dir", mine, pkg.path), [mine], OURS_ROOT),
         baseline=Job(shell(script), [base]), floor=Job(shell(floor_script), [floor]),
         inputs=list(pkg.files), sources=srcs)
 
@@ -396,7 +415,13 @@ EXPORT_MODES = {  # mode: (our options, extension, description)
     "vmdk-ova": (["--format=vmdk", "--ova"], "vmdk", "--format=vmdk --ova"),
     "qcow2": (["--format=qcow2"], "qcow2", "--format=qcow2 (folder)"),
     "raw-gz": (["--format=raw", "--compress"], "raw.gz", "--format=raw --compress (folder)"),
+    "raw": (["--format=raw"], "raw", "--format=raw (folder)"),
+    "raw-chunked": (["--format=raw", "--chunk-size=%dM" % (CHUNK_SIZE // MIB)], "raw",
+                    "--format=raw --chunk-size=%dM (folder)" % (CHUNK_SIZE // MIB)),
 }
+# Which data sets each export mode runs on (see SKIPPED for the others).
+EXPORT_DATA = {"vmdk-ova": ("w1", "w3", "w4", "wr"), "qcow2": ("w1", "w3", "w4"),
+               "raw-gz": ("w1", "w3"), "raw": ("w1", "w3"), "raw-chunked": ("w3",)}
 
 
 def export_workload(builder: Builder, name: str, which: str, mode: str) -> Workload:
@@ -417,6 +442,9 @@ def export_workload(builder: Builder, name: str, which: str, mode: str) -> Workl
         if mode == "vmdk-ova":
             script.append("qemu-img convert -f raw -O vmdk -o subformat=streamOptimized %s %s"
                           % (q(src.path), q(href)))
+        elif mode.startswith("raw") and mode != "raw-gz":
+            # qemu-img keeps holes (-S 4k by default); the digest comes after.
+            script.append("qemu-img convert -f raw -O raw %s %s" % (q(src.path), q(href)))
         elif mode == "qcow2":
             script.append("qemu-img convert -f raw -O qcow2 %s %s" % (q(src.path), q(href)))
         else:
@@ -436,9 +464,43 @@ def export_workload(builder: Builder, name: str, which: str, mode: str) -> Workl
     return Workload(
         name=name, number=5, description="export of %s data: %s" % (which, label),
         kind="export",
-        ours=Job(ours("export", *options, "--output-dir", mine, source_dir), [mine]),
+        ours=Job(ours("export", *options, "--output-dir", mine, source_dir), [mine],
+                 OURS_ROOT),
         baseline=Job(shell(script), [base]), floor=Job(shell(floor_script), [floor]),
         inputs=[src.path for src in srcs], sources=srcs)
+
+
+# The machine's limits that bound each case (../shared/PERF-FACTS.md: 2 shared
+# cores, MB/s of uncompressed bytes), printed beside the results.
+PERF_FACTS = {
+    "write": "write 426 MB/s (dd fdatasync)",
+    "sha256": "sha256 919 MB/s (Python)",
+    "sparse-copy": "cp --sparse 1612 MB/s",
+    "zlib-inflate": "zlib inflate 344 MB/s",
+    "igzip-inflate": "igzip -d 1402 MB/s",
+    "libdeflate-inflate": "libdeflate -d 960 MB/s",
+    "libdeflate-deflate": "libdeflate -1 2 threads 461 MB/s",
+    "qemu-raw": "qemu-img raw->raw 812 MB/s",
+    "qemu-vmdk": "qemu-img streamOptimized 66 MB/s",
+    "gzip-6": "gzip -6 46 MB/s",
+}
+LIMITS = {  # workload name (or its export mode) -> keys of PERF_FACTS
+    "import-ova-vmdk": ("libdeflate-inflate", "sha256", "write"),
+    "import-folder-gzip": ("igzip-inflate", "libdeflate-inflate", "sha256", "write"),
+    "import-four-disks": ("libdeflate-inflate", "sha256", "write"),
+    "import-1tib-sparse": ("libdeflate-inflate", "write"),
+    "vmdk-ova": ("libdeflate-deflate", "qemu-vmdk", "sha256", "write"),
+    "qcow2": ("qemu-raw", "sha256", "write"),
+    "raw-gz": ("libdeflate-deflate", "gzip-6", "sha256", "write"),
+    "raw": ("sparse-copy", "qemu-raw", "sha256", "write"),
+    "raw-chunked": ("sparse-copy", "qemu-raw", "sha256", "write"),
+}
+
+
+def limits(name: str) -> str:
+    """The PERF-FACTS.md figures that bound workload `name`."""
+    key = name if name in LIMITS else name.split("-", 2)[-1]
+    return "; ".join(PERF_FACTS[item] for item in LIMITS.get(key, ()))
 
 
 def catalogue(builder: Builder) -> List[tuple]:
@@ -464,9 +526,9 @@ def catalogue(builder: Builder) -> List[tuple]:
             builder, "import-1tib-sparse", 4, "w4", "OVA, one VMDK of %s virtual, %s data"
             % (size(s.w4.virtual), size(s.w4.random + s.w4.text)))),
     ]
-    for which in ("w1", "w3", "w4"):
+    for which in ("w1", "w3", "w4", "wr"):
         for mode in EXPORT_MODES:
-            if which == "w4" and mode == "raw-gz":
+            if which not in EXPORT_DATA[mode]:
                 continue  # see SKIPPED
             name = "export-%s-%s" % (which, mode)
             table.append((name, 5, lambda n=name, w=which, m=mode: export_workload(
@@ -477,6 +539,10 @@ def catalogue(builder: Builder) -> List[tuple]:
 SKIPPED = [
     "export-w4-raw-gz: a raw dump of 1 TiB cannot be compressed in reasonable time"
     " (gzip reads every hole as zeros); only vmdk and qcow2 make sense there.",
+    "export-w4-raw: its manifest digest hashes 1 TiB of zeros (20 minutes at 1 GB/s,"
+    " for ours and sha256sum alike).",
+    "export-*-raw-chunked: on w3 only (chunking is the same work on any data).",
+    "export-wr-*: the random data set is for the vmdk --ova case (stored grains).",
     "export of workload 2's data: it is workload 1's data, so export-w1-* covers it.",
 ]
 
@@ -530,10 +596,25 @@ def _export_images(workload: Workload) -> List[tuple]:
         return [(member_opts(m), "vmdk-opts") for m in members]
     result = []
     for path in files:
-        for ext, fmt in ((".qcow2", "qcow2"), (".vmdk", "vmdk"), (".raw.gz", "raw.gz")):
+        for ext, fmt in ((".qcow2", "qcow2"), (".vmdk", "vmdk"), (".raw.gz", "raw.gz"),
+                         (".raw", "raw"), (".raw.000000000", "raw-chunks")):
             if path.endswith(ext):
                 result.append((path, fmt))
     return result
+
+
+def _chunks(first: str) -> List[str]:
+    """Every chunk file of the chunked file whose first chunk is `first`."""
+    return sorted(glob.glob(glob.escape(first[:-len("000000000")]) + "[0-9]" * 9))
+
+
+def _sha256_files(paths: List[str]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb", buffering=0) as handle:
+            while block := handle.read(8 * MIB):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def check_export(workload: Workload) -> Dict[str, str]:
@@ -544,12 +625,19 @@ def check_export(workload: Workload) -> Dict[str, str]:
                                                                len(workload.sources))}
     for index, ((image, fmt), src) in enumerate(zip(images, workload.sources, strict=True)):
         if fmt == "raw.gz":
-            proc = subprocess.Popen(["pigz", "-dc", image], stdout=subprocess.PIPE)
-            digest = hashlib.sha256()
-            while block := proc.stdout.read(8 * MIB):
-                digest.update(block)
-            ok = proc.wait() == 0 and digest.hexdigest() == src.sha256
-            results["disk%d gunzip sha256" % index] = "ok" if ok else "FAIL"
+            for reader in (["pigz", "-dc"], ["gzip", "-dc"]):
+                proc = subprocess.Popen(reader + [image], stdout=subprocess.PIPE)
+                digest = hashlib.sha256()
+                while block := proc.stdout.read(8 * MIB):
+                    digest.update(block)
+                ok = proc.wait() == 0 and digest.hexdigest() == src.sha256
+                results["disk%d %s sha256" % (index, reader[0])] = "ok" if ok else "FAIL"
+            continue
+        if fmt in ("raw", "raw-chunks"):
+            files = [image] if fmt == "raw" else _chunks(image)
+            ok = sum(os.path.getsize(p) for p in files) == src.virtual \
+                and _sha256_files(files) == src.sha256
+            results["disk%d sha256" % index] = "ok" if ok else "FAIL"
             continue
         if fmt == "vmdk-opts":
             check = _qemu(["check", "--image-opts", image])

@@ -41,9 +41,11 @@ OUTPUT_DIR_OPT = cli_option("--output-dir", dest="output_dir", default=None,
                             help="Where to write the result (import: default"
                             " %s; export: default the current directory)"
                             % pathutils.EXPORT_DIR)
-SYSTEM_OPT = cli_option("--system", dest="system", default=None, metavar="<id|name>",
+SYSTEM_OPT = cli_option("--system", dest="system", default=None, metavar="<id|name|all>",
+                        action="append",
                         help="The virtual system to import from a package that"
-                        " holds several")
+                        " holds several; repeat it, or say 'all', to import"
+                        " several in one run (one instance each, all or none)")
 PROFILE_OPT = cli_option("--profile", dest="profile", default=None, metavar="<id>",
                          help="The DeploymentOptionSection profile to use"
                          " (default: the package's default)")
@@ -82,6 +84,11 @@ FORMAT_OPT = cli_option("--format", dest="disk_format", default="vmdk",
 COMPRESS_OPT = cli_option("--compress", dest="compress", default=False,
                           action="store_true",
                           help="Gzip each disk file (ovf:compression=gzip)")
+COMPRESS_LEVEL_OPT = cli_option("--compress-level", dest="compress_level", default=None,
+                                type="int", metavar="<0-9>",
+                                help="Deflate level of --compress (default: 1, as small"
+                                " as gzip -6 on text at three times its speed; 0"
+                                " stores)")
 OVA_OPT = cli_option("--ova", dest="ova", default=False, action="store_true",
                      help="Write one OVA archive instead of an OVF folder")
 EXTERNAL_OPT = cli_option("--external", dest="external", default=False,
@@ -90,8 +97,8 @@ EXTERNAL_OPT = cli_option("--external", dest="external", default=False,
 MANIFEST_OPT = cli_option("--manifest", dest="manifest", default="sha256",
                           choices=["sha1", "sha256", "sha512", "none"],
                           metavar="sha1|sha256|sha512|none",
-                          help="Manifest digest (default: sha256; vCenter 6.5+"
-                          " refuses sha1, very old clients refuse sha256)")
+                          help="Manifest digest (default: sha256; vSphere before"
+                          " 6.5 refuses sha256, and COT refuses it in OVF 1.0)")
 OVF_VERSION_OPT = cli_option("--ovf-version", dest="ovf_version", default="1.0",
                              choices=["1.0", "2.0"], metavar="1.0|2.0",
                              help="OVF version of the descriptor (default: 1.0)")
@@ -162,9 +169,9 @@ import_opts = [
 ] + cli.SUBMIT_OPTS
 info_opts = [OUTPUT_FORMAT_OPT, PROFILE_OPT, VERIFY_OPT, TRUST_STORE_OPT]
 export_opts = [
-    FORMAT_OPT, COMPRESS_OPT, OVA_OPT, EXTERNAL_OPT, MANIFEST_OPT, OVF_VERSION_OPT,
-    OUTPUT_DIR_OPT, EXPORT_NAME_OPT, REPLACE_OPT, HARDWARE_FAMILY_OPT, NIC_MODEL_OPT,
-    DISK_CONTROLLER_OPT, CHUNK_SIZE_OPT, SIGN_OPT, CERT_OPT, cli.VERBOSE_OPT,
+    FORMAT_OPT, COMPRESS_OPT, COMPRESS_LEVEL_OPT, OVA_OPT, EXTERNAL_OPT, MANIFEST_OPT,
+    OVF_VERSION_OPT, OUTPUT_DIR_OPT, EXPORT_NAME_OPT, REPLACE_OPT, HARDWARE_FAMILY_OPT,
+    NIC_MODEL_OPT, DISK_CONTROLLER_OPT, CHUNK_SIZE_OPT, SIGN_OPT, CERT_OPT, cli.VERBOSE_OPT,
     RESULT_OUTPUT_OPT,
     # --node: the gnt-backup export job first, with its options
     EXPORT_NODE_OPT, REFRESH_OPT, cli.NOSHUTDOWN_OPT, SHUTDOWN_TIMEOUT_OPT,
@@ -359,44 +366,103 @@ def ImportPackage(opts, args):
     jobs.check_import_options(opts, output_dir)
     request = importer.ImportRequest(
         package_path=args[0], output_dir=output_dir, overrides=_overrides(opts),
-        system=opts.system, profile=opts.profile, force=opts.force,
+        system=opts.system[0] if opts.system else None, profile=opts.profile,
+        force=opts.force,
         require_manifest=opts.require_manifest, trust_store=opts.trust_store,
         require_signature=opts.require_signature,
         max_disk_size=_size_option(opts.max_disk_size, "--max-disk-size",
                                    importer.DEFAULT_MAX_DISK_SIZE))
+    if importer.several_systems(opts.system or []):
+        return _import_systems(opts, request)
     started, warnings = time.monotonic(), []
     feedback = _feedback(opts, warnings)
     result = importer.import_package(request, feedback)
     name = result.plan.system.name
     as_json = opts.output_format == "json"
     if not as_json:
-        for param in result.plan.hardware:
-            ToStdout("Hardware: %s", printable(hardware_map.line(param)))
-        ToStdout("Instance %s written to %s", name, result.directory)
+        _written(result)
     next_step = None
     if opts.submit_import:
         jobs.submit_import(result.plan.system, result.directory, opts)
-    elif ganeti_export.under_export_dir(result.directory, pathutils.EXPORT_DIR):
-        next_step = jobs.backup_import_command(result.plan.system, result.directory)
     else:
-        feedback("WARNING: %s is outside Ganeti's export directory %s:"
-                 " gnt-backup import would create the instance with empty disks."
-                 " Move it there first (mv %s %s/) and import with"
-                 " gnt-backup import --src-dir %s/%s"
-                 % (result.directory, pathutils.EXPORT_DIR, result.directory,
-                    pathutils.EXPORT_DIR, pathutils.EXPORT_DIR, name))
+        next_step = _next_step(result, feedback)
     if as_json:
-        ToStdout("%s", _result_json(
-            "import", started, warnings, instance=name, directory=result.directory,
-            submitted=bool(opts.submit_import), next_step=next_step,
-            hardware=hardware_map.describe_params(result.plan.hardware),
-            disks=[{"index": index, "path": os.path.join(result.directory, disk.dump),
-                    "size_mib": disk.size_mib} for index, disk in enumerate(result.disks)]))
+        ToStdout("%s", _result_json("import", started, warnings,
+                                    submitted=bool(opts.submit_import),
+                                    **_import_fields(result, next_step)))
     elif opts.submit_import:
         ToStdout("Instance %s imported", name)
     elif next_step:
         ToStdout("Import it with: %s", next_step)
     return 0
+
+
+def _import_systems(opts, request) -> int:
+    """import --system all (or several --system): one export directory per
+    virtual system, published together; with --submit-import one job each."""
+    started, warnings = time.monotonic(), []
+    feedback = _feedback(opts, warnings)
+    as_json = opts.output_format == "json"
+    results = importer.import_systems(request, opts.system, feedback)
+    if not as_json:
+        for result in results:
+            _written(result)
+    steps = {}
+    if not opts.submit_import:
+        for result in results:
+            steps[result.directory] = _next_step(result, feedback)
+            if steps[result.directory] and not as_json:
+                ToStdout("Import it with: %s", steps[result.directory])
+    else:
+        submitted = []
+        for result in results:
+            try:
+                jobs.submit_import(result.plan.system, result.directory, opts)
+                if not as_json:
+                    ToStdout("Instance %s imported", result.plan.system.name)
+            except errors.JobSubmittedException as job:  # --submit: collect every id
+                submitted.append(str(job.args[0]))
+        if submitted:
+            raise errors.JobSubmittedException(", ".join(submitted))
+    if as_json:
+        ToStdout("%s", _result_json(
+            "import", started, warnings, submitted=bool(opts.submit_import),
+            systems=[_import_fields(result, steps.get(result.directory))
+                     for result in results]))
+    return 0
+
+
+def _written(result) -> None:
+    """What the import wrote, and the hypervisor parameters it chose from the
+    package's virtual hardware."""
+    for param in result.plan.hardware:
+        ToStdout("Hardware: %s", printable(hardware_map.line(param)))
+    ToStdout("Instance %s written to %s", result.plan.system.name, result.directory)
+
+
+def _import_fields(result, next_step: Optional[str]) -> dict:
+    """One imported system in the JSON result."""
+    return {"instance": result.plan.system.name, "directory": result.directory,
+            "next_step": next_step,
+            "hardware": [{"name": param.name, "value": param.value, "source": param.source,
+                          "why": param.why} for param in result.plan.hardware],
+            "disks": [{"index": index, "path": os.path.join(result.directory, disk.dump),
+                       "size_mib": disk.size_mib}
+                      for index, disk in enumerate(result.disks)]}
+
+
+def _next_step(result, feedback) -> Optional[str]:
+    """The gnt-backup import command that imports what `result` wrote, or
+    None, with a warning saying why, when Ganeti cannot import it there."""
+    if ganeti_export.under_export_dir(result.directory, pathutils.EXPORT_DIR):
+        return jobs.backup_import_command(result.plan.system, result.directory)
+    feedback("WARNING: %s is outside Ganeti's export directory %s:"
+             " gnt-backup import would create the instance with empty disks."
+             " Move it there first (mv %s %s/) and import with"
+             " gnt-backup import --src-dir %s/%s"
+             % (result.directory, pathutils.EXPORT_DIR, result.directory,
+                pathutils.EXPORT_DIR, pathutils.EXPORT_DIR, result.plan.system.name))
+    return None
 
 
 @_library_errors
@@ -459,6 +525,7 @@ def ExportPackage(opts, args):
         export_dir=pathutils.EXPORT_DIR,
         disk_format=exporter.normalise_format(opts.disk_format, feedback),
         name=opts.name, compress=opts.compress, ova=opts.ova, external=opts.external,
+        compress_level=exporter.compress_level(opts.compress, opts.compress_level),
         manifest_algorithm=None if opts.manifest == "none" else opts.manifest,
         ovf_version=opts.ovf_version, hardware_family=opts.hardware_family,
         nic_model=opts.nic_model, disk_controller=opts.disk_controller,

@@ -174,10 +174,10 @@ def to_text(document: dict) -> str:
         lines.append("Virtual system %s%s" % (
             system["id"], " (%s)" % system["name"] if system["name"] != system["id"] else ""))
         os_info = system["os"]
-        lines.append("  OS: %s" % ", ".join(str(v) for v in (
+        lines.append("  OS: %s" % (", ".join(str(v) for v in (
             os_info["ganeti_os"], os_info["description"],
             "CIM %s" % os_info["cim_id"] if os_info["cim_id"] is not None else None)
-            if v) or "  OS: unknown")
+            if v) or "unknown"))
         lines.append("  vCPUs: %s, memory: %s MiB" % (system["vcpus"], system["memory_mib"]))
         for index, disk in enumerate(system["disks"]):
             source = "blank" if disk["blank"] else "%s%s%s" % (
@@ -196,6 +196,10 @@ def to_text(document: dict) -> str:
         lines.extend(hardware_map.describe_text(system["hardware_mapping"]))
         if system["dropped_parameters"]:
             lines.append("  Not applied on import: %s" % ", ".join(system["dropped_parameters"]))
+    if len(document["systems"]) > 1:
+        lines.append("Import one virtual system with: gnt-ovf import --system ID|NAME;"
+                     " all %d (one instance each) with: gnt-ovf import --system all"
+                     % len(document["systems"]))
     for warning in document["warnings"]:
         lines.append("Warning: %s" % warning)
     return "\n".join(lines)

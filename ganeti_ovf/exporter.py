@@ -11,14 +11,13 @@ import dataclasses
 import hashlib
 import os
 import re
-import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional, Tuple
 
 from ganeti_ovf.cluster import ganeti_export, hardware_map
 from ganeti_ovf.package import manifest, signature
 from ganeti_ovf import plan, publish
-from ganeti_ovf.disks import qemu, vmdkstream
+from ganeti_ovf.disks import deflate, gzipstream, qemu, sparse, vmdkstream
 from ganeti_ovf.descriptor import versions
 from ganeti_ovf.descriptor.writer import write_descriptor
 from ganeti_ovf.errors import OptionError
@@ -51,6 +50,7 @@ class ExportRequest:
     disk_format: str = "vmdk"
     name: Optional[str] = None
     compress: bool = False
+    compress_level: int = gzipstream.DEFAULT_LEVEL  # deflate level of --compress
     ova: bool = False
     external: bool = False
     manifest_algorithm: Optional[str] = "sha256"
@@ -92,6 +92,15 @@ def parse_chunk_size(value: Optional[str]) -> Optional[int]:
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
+def compress_level(compress: bool, level: Optional[int]) -> int:
+    """--compress-level, which only means something with --compress."""
+    if level is None:
+        return gzipstream.DEFAULT_LEVEL
+    if not compress:
+        raise OptionError("--compress-level applies only with --compress")
+    return level
+
+
 def check_request(request: ExportRequest) -> None:
     if request.manifest_algorithm not in MANIFEST_ALGORITHMS + (None,):
         raise OptionError("--manifest %r is not one of %s, none"
@@ -99,6 +108,11 @@ def check_request(request: ExportRequest) -> None:
     if request.ovf_version not in versions.WRITABLE:
         raise OptionError("--ovf-version %r is not one of %s"
                           % (request.ovf_version, ", ".join(sorted(versions.WRITABLE))))
+    if isinstance(request.compress_level, bool) \
+            or not isinstance(request.compress_level, int) \
+            or not deflate.MIN_LEVEL <= request.compress_level <= deflate.MAX_LEVEL:
+        raise OptionError("--compress-level %r is not a level from %d to %d"
+                          % (request.compress_level, deflate.MIN_LEVEL, deflate.MAX_LEVEL))
     if bool(request.sign_key) != bool(request.sign_cert):
         raise OptionError("--sign and --cert go together")
     if request.sign_key and request.manifest_algorithm is None:
@@ -111,21 +125,6 @@ def check_request(request: ExportRequest) -> None:
 
 
 # ------------------------------------------------------------ disk writing
-
-
-class _GzipWriter:
-    """A gzip stream (RFC 1952) in front of another writer."""
-
-    def __init__(self, out) -> None:
-        self._out = out
-        self._compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
-
-    def write(self, data) -> int:
-        self._out.write(self._compressor.compress(data))
-        return len(data)
-
-    def finish(self) -> None:
-        self._out.write(self._compressor.flush())
 
 
 class _Sink:
@@ -147,6 +146,7 @@ class _Sink:
         handle, member = self.open_file(name)
         with handle:
             produce(member)
+            member.finish()
         self.close_file(name, member)
         return member.size
 
@@ -191,6 +191,18 @@ class _ChunkSplitter:
         self.size += written
         return written
 
+    def skip(self, count: int) -> None:
+        """`count` zero bytes, left as holes in the chunk files."""
+        self.size += count
+        while count > 0:
+            if self._member is None:
+                self._next()
+            piece = min(count, self.chunk_size - self._member.size)
+            self._member.skip(piece)
+            count -= piece
+            if self._member.size == self.chunk_size:
+                self._close()
+
     def tell(self) -> int:
         return self.size
 
@@ -210,18 +222,10 @@ class _ChunkSplitter:
 
     def _close(self) -> None:
         if self._handle is not None:
+            self._member.finish()
             self._handle.close()
             self.sink.close_file(self.names[-1], self._member)
             self._handle, self._member = None, None
-
-
-def _copy_raw(source: str, out) -> None:
-    with open(source, "rb") as handle:
-        while True:
-            block = handle.read(_COPY_BLOCK)
-            if not block:
-                break
-            out.write(block)
 
 
 def _disk_producer(request: ExportRequest, source: str, capacity: int, href: str,
@@ -234,21 +238,24 @@ def _disk_producer(request: ExportRequest, source: str, capacity: int, href: str
             vmdkstream.write_stream_optimized(source, out, capacity=capacity,
                                               name=href.rsplit(".gz", 1)[0])
         elif fmt == "raw":
-            _copy_raw(source, out)
+            sparse.copy(source, out)
         else:
             # qemu-img cannot write qcow2 to a stream: convert into scratch.
             converted = os.path.join(scratch, "disk.qcow2")
             qemu.convert_from_raw(source, "qcow2", converted)
             try:
-                _copy_raw(converted, out)
+                sparse.copy(converted, out)
             finally:
                 os.unlink(converted)
 
     def produce(out) -> None:
         if request.compress:
-            gzip_out = _GzipWriter(out)
-            produce_format(gzip_out)
-            gzip_out.finish()
+            gzip_out = gzipstream.GzipWriter(out, request.compress_level)
+            try:
+                produce_format(gzip_out)
+                gzip_out.finish()
+            finally:
+                gzip_out.abort()
         else:
             produce_format(out)
     return produce

@@ -182,7 +182,8 @@ def _convert(job: Job) -> str:
     with publish.Staging(output_dir, final) as staging:
         request = exporter.ExportRequest(
             source=job.spool, output_dir=staging.path, export_dir=job.export_dir,
-            disk_format=config.disk_format, compress=config.compress, ova=config.ova,
+            disk_format=config.disk_format, compress=config.compress,
+            compress_level=config.compress_level, ova=config.ova,
             external=config.external, manifest_algorithm=config.manifest_algorithm,
             ovf_version=config.ovf_version)
         result = exporter.export_package(

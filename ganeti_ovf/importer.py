@@ -6,11 +6,13 @@ publish (atomic, no replace unless forced).  This module only sequences the
 stages; each stage lives in its own module.
 """
 
+import contextlib
 import logging
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Sequence
 
 from ganeti import netutils
 
@@ -18,7 +20,7 @@ from ganeti_ovf.disks import convert
 from ganeti_ovf.cluster import ganeti_export
 from ganeti_ovf import publish
 from ganeti_ovf.descriptor.reader import parse_descriptor
-from ganeti_ovf.errors import DiskError, ManifestError, PackageError
+from ganeti_ovf.errors import DiskError, ManifestError, OptionError, PackageError
 from ganeti_ovf.cluster.ganeti_export import ExportedDisk, size_to_mib
 from ganeti_ovf.package.manifest import verify_member
 from ganeti_ovf.model import Appliance, Disk, VirtualSystem
@@ -32,6 +34,8 @@ DEFAULT_MAX_DISK_SIZE = 16 * 1024 ** 4
 # The operator's CA certificates for package signatures (a PEM bundle or a
 # directory of PEM files); --trust-store names another.
 DEFAULT_TRUST_STORE = "/etc/ganeti/ovf-trust-store.pem"
+# `--system all`: every virtual system of the package.
+ALL_SYSTEMS = "all"
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,118 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
             directory = staging.publish_directory(replace=request.force)
     return ImportResult(directory=directory, plan=plan, config_text=config,
                         warnings=tuple(warnings), disks=tuple(exported))
+
+
+def several_systems(wanted: Sequence[str]) -> bool:
+    """Whether --system asked for more than one virtual system."""
+    return len(wanted) > 1 or ALL_SYSTEMS in wanted
+
+
+def chosen_systems(appliance: Appliance, wanted: Sequence[str]) -> List[VirtualSystem]:
+    """The systems --system names, in package order ("all": every one)."""
+    if ALL_SYSTEMS in wanted:
+        return list(appliance.systems)
+    ids = {appliance.system(name).system_id for name in wanted}
+    return [system for system in appliance.systems if system.system_id in ids]
+
+
+def import_systems(request: ImportRequest, wanted: Sequence[str],
+                   feedback: Feedback) -> List[ImportResult]:
+    """Import several virtual systems of one package (a vApp) in one run.
+
+    The single-system steps, once per package where they concern the
+    package (opening, signature, manifest) and once per system otherwise.
+    Every name is checked before anything is converted, every system is
+    converted (and every digest checked) before anything is published, and
+    if one publication fails the others are removed again: all or nothing.
+    """
+    if request.overrides.name:
+        raise OptionError("--name names one instance; with several virtual systems each"
+                          " is named after its system (import one at a time to rename)")
+    output_dir = publish.output_directory(request.output_dir)
+    for name in publish.clean_stale_staging(output_dir):
+        logging.info("Removed staging left by an interrupted run: %s", name)
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(publish.Staging(output_dir, "import"))
+        package = Package.open(request.package_path, staging_dir=first.scratch())
+        stack.callback(package.close)
+        warnings = list(package.warnings)
+        appliance = read_package(package, request.profile)
+        warnings.extend(appliance.warnings)
+        plans = [make_plan(system, request.overrides)
+                 for system in chosen_systems(appliance, wanted)]
+        names = [plan.system.name for plan in plans]
+        _check_distinct(names)
+        for plan in plans:
+            warnings.extend("%s: %s" % (plan.system.name, w) for w in plan.warnings)
+            stack.enter_context(publish.name_lock(output_dir, plan.system.name))
+        _check_absent(output_dir, names, request.force)
+
+        check_signature(package, request.trust_store, request.require_signature, feedback)
+        members = [{disk.disk_id: disk_members(package, disk)
+                    for disk in plan.system.disks if not disk.blank} for plan in plans]
+        every = [m for per_system in members for ms in per_system.values() for m in ms]
+        unique = list({member.name: member for member in every}.values())
+        checks = check_manifest(package, unique, request.require_manifest, feedback)
+        for plan, per_system in zip(plans, members, strict=True):
+            warnings.extend(_check_sizes(plan.system, per_system, request.max_disk_size))
+        _check_free_space(output_dir, every)
+        for warning in warnings:
+            feedback("WARNING: %s" % warning)
+
+        stagings = [first] + [stack.enter_context(publish.Staging(output_dir, name))
+                              for name in names[1:]]
+        results = []
+        for index, (plan, staging) in enumerate(zip(plans, stagings, strict=True)):
+            staging.name = plan.system.name
+            staging.target = os.path.join(output_dir, staging.name)
+            # Each digest runs beside the first system that reads its file.
+            own = {m.name for ms in members[index].values() for m in ms}
+            earlier = {m.name for per in members[:index] for ms in per.values() for m in ms}
+            feedback("Virtual system %s" % plan.system.system_id)
+            exported = _convert_verified(
+                plan.system, members[index],
+                [check for check in checks if check[1].name in own - earlier],
+                staging, feedback, request.max_disk_size)
+            config = ganeti_export.build_config(plan.system, exported,
+                                                source=netutils.Hostname.GetSysName())
+            with open(staging.file(ganeti_export.CONFIG_NAME), "w") as handle:
+                handle.write(config)
+            results.append(ImportResult(directory=staging.target, plan=plan,
+                                        config_text=config, warnings=tuple(warnings),
+                                        disks=tuple(exported)))
+        _publish_all(stagings, request.force)
+    return results
+
+
+def _check_distinct(names: List[str]) -> None:
+    """Refuse two systems that would become one instance name."""
+    for index, name in enumerate(names):
+        if name.lower() in (other.lower() for other in names[:index]):
+            raise OptionError("two virtual systems would both be instance %s; import them"
+                              " one at a time with --system and --name" % name)
+
+
+def _check_absent(output_dir: str, names: List[str], force: bool) -> None:
+    """Refuse to overwrite existing exports unless forced (names locked)."""
+    existing = [name for name in names if os.path.lexists(os.path.join(output_dir, name))]
+    if existing and not force:
+        raise PackageError("%s: %s already exist%s (use --force to replace)"
+                           % (output_dir, ", ".join(existing),
+                              "s" if len(existing) == 1 else ""))
+
+
+def _publish_all(stagings: List[publish.Staging], replace: bool) -> None:
+    """Publish every staging directory, or none: a failure removes those
+    already published (a result replaced with --force is not restored)."""
+    published: List[str] = []
+    try:
+        for staging in stagings:
+            published.append(staging.publish_directory(replace=replace))
+    except BaseException:
+        for directory in published:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
 
 
 def _check_sizes(system: VirtualSystem, members: dict, max_size: int) -> list:

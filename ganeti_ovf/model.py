@@ -158,7 +158,8 @@ class Appliance:
                 return self.systems[0]
             listed = ", ".join(_system_label(s) for s in self.systems)
             raise DescriptorError(
-                "the package holds %d virtual systems (%s); choose one with --system"
+                "the package holds %d virtual systems (%s); choose one with --system,"
+                " or import all with --system all"
                 % (len(self.systems), listed or "none"))
         for system in self.systems:
             if wanted in (system.system_id, system.name):

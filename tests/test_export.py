@@ -429,6 +429,8 @@ def test_corpus_bad_exports_one_line(tmp_path, config, message):
     (["--ova", "--chunk-size", "4M"], "--chunk-size applies to OVF folders"),
     (["--format", "vdi"], "--format 'vdi' is not one of"),
     (["--ova", "--name", "x" * 90 + ".example.com"], "limited to 100 bytes"),
+    (["--compress-level", "3"], "--compress-level applies only with --compress"),
+    (["--compress", "--compress-level", "10"], "--compress-level 10 is not a level from 0"),
 ])
 def test_option_errors_one_line(tmp_path, source, args, message):
     out = str(tmp_path / "out")
@@ -478,3 +480,69 @@ def test_export_json_result_for_scripts(tmp_path):
     # The warning went to standard error, and into the object.
     assert "format 'cow' is written as qcow2" in result.stderr
     assert [w for w in doc["warnings"] if "format 'cow' is written as qcow2" in w]
+
+
+# ---------------------------------------------------------------- performance round two
+
+
+def allocated(path):
+    return os.stat(path).st_blocks * 512
+
+
+@pytest.fixture(scope="module")
+def sparse_source(tmp_path_factory):
+    """A 64 MiB disk holding 3 MiB of data: random, zeros written out (a
+    block the guest zeroed), and an unaligned tail; the rest is holes."""
+    directory = str(tmp_path_factory.mktemp("sparse") / "inst1.example.com")
+    (dump,) = write_ganeti3_export(directory, disks_mib=(64,))
+    with open(dump, "wb") as handle:  # replaced: new content, same name
+        handle.truncate(64 * MIB)
+        handle.write(os.urandom(2 * MIB))
+        handle.seek(10 * MIB)
+        handle.write(bytes(4 * MIB))  # allocated zeros: a hole in the export
+        handle.seek(63 * MIB + 4096)
+        handle.write(os.urandom(MIB - 4096))
+    return Source(directory, "inst1.example.com", [dump], [64 * MIB], 1, 128, 1)
+
+
+@pytest.mark.parametrize("args", [[], ["--chunk-size", "16M"], ["--ova"]],
+                         ids=["folder", "chunked", "ova"])
+def test_raw_export_keeps_holes(tmp_path, sparse_source, args):
+    """A raw export allocates the data (3 MiB), not the disk (64 MiB), and
+    holds the dump's bytes exactly; the manifest covers the holes' zeros."""
+    out = str(tmp_path / "out")
+    export(sparse_source, out, "--format", "raw", *args)
+    ova = "--ova" in args
+    path = os.path.join(out, sparse_source.name + (".ova" if ova else ""))
+    check_package(path, sparse_source, "raw", str(tmp_path),
+                  chunk_size=16 * MIB if "--chunk-size" in args else None)
+    files = [path] if ova else [os.path.join(path, name) for name in os.listdir(path)]
+    data = 3 * MIB
+    assert sum(allocated(name) for name in files) <= data * 1.1 + 256 * 1024
+    if not ova:
+        disks = sorted(name for name in files if ".raw" in name)
+        digest = hashlib.sha256()
+        for name in disks:
+            with open(name, "rb") as handle:
+                digest.update(handle.read())
+        assert digest.hexdigest() == sha256_file(sparse_source.dumps[0])
+        assert sum(os.path.getsize(name) for name in disks) == 64 * MIB
+
+
+@pytest.mark.parametrize("level", ["0", "1", "9"])
+def test_compressed_export_reads_back_everywhere(tmp_path, sparse_source, level):
+    """--compress writes gzip members every reader takes as one stream."""
+    out = str(tmp_path / "out")
+    export(sparse_source, out, "--format", "raw", "--compress", "--compress-level", level)
+    folder = os.path.join(out, sparse_source.name)
+    check_package(folder, sparse_source, "raw", str(tmp_path), compress=True)
+    (gz,) = [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".gz")]
+    want = sha256_file(sparse_source.dumps[0])
+    for argv in (["gzip", "-dc"], ["pigz", "-dc"], ["igzip", "-dc"]):
+        done = subprocess.run(argv + [gz], capture_output=True, check=True)
+        assert hashlib.sha256(done.stdout).hexdigest() == want, argv
+    with gzip.open(gz) as handle:
+        assert hashlib.sha256(handle.read()).hexdigest() == want
+    if level != "0":  # level 0 stores everything, zeros too
+        # holes (60 MiB of them) cost about a KiB per 512 KiB member
+        assert os.path.getsize(gz) < 3 * MIB + 256 * 1024

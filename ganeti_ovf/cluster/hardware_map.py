@@ -343,7 +343,7 @@ def describe(system: model.VirtualSystem) -> dict:
 
 
 def describe_params(params) -> List[dict]:
-    """Parameters as the JSON documents (info, import --output=json) list them."""
+    """Parameters as gnt-ovf info's JSON lists them."""
     return [{"name": p.name, "value": p.value, "source": p.source, "reason": p.why}
             for p in params]
 

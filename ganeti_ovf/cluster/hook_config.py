@@ -16,7 +16,7 @@ from typing import Mapping, Optional
 
 from ganeti import constants, pathutils
 
-from ganeti_ovf.disks import qemu
+from ganeti_ovf.disks import deflate, gzipstream, qemu
 from ganeti_ovf.errors import OvfError
 from ganeti_ovf.package.manifest import CANONICAL
 
@@ -28,8 +28,9 @@ DEFAULT_OUTPUT_DIR = os.path.join(pathutils.DATA_DIR, "ovf")
 DEFAULT_SPOOL_DIR = os.path.join(pathutils.DATA_DIR, "ovf-spool")
 _BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
              "no": False, "false": False, "off": False, "0": False}
-_KEYS = ("enabled", "tags", "format", "ova", "compress", "external", "manifest",
-         "ovf_version", "output_dir", "spool_dir", "keep")
+_KEYS = ("enabled", "tags", "format", "ova", "compress", "compress_level", "external",
+         "manifest", "ovf_version", "output_dir", "spool_dir", "keep")
+COMPRESS_LEVELS = range(deflate.MIN_LEVEL, deflate.MAX_LEVEL + 1)
 
 
 class HookError(OvfError):
@@ -45,6 +46,7 @@ class HookConfig:
     disk_format: str = "vmdk"
     ova: bool = True
     compress: bool = False
+    compress_level: int = gzipstream.DEFAULT_LEVEL  # as export --compress-level
     external: bool = False
     manifest_algorithm: Optional[str] = "sha256"
     ovf_version: str = "1.0"
@@ -124,6 +126,12 @@ def parse_config(text: str, source: str,
         changes["manifest_algorithm"] = None if algorithm == "none" else algorithm
     if "ovf_version" in values:
         changes["ovf_version"] = values["ovf_version"].strip()
+    if "compress_level" in values:
+        value = values["compress_level"].strip()
+        if not value.isdigit() or int(value) not in COMPRESS_LEVELS:
+            raise HookError("%s: compress_level = %r is not a level from 0 to 9"
+                            % (source, values["compress_level"]))
+        changes["compress_level"] = int(value)
     if "keep" in values:
         try:
             changes["keep"] = int(values["keep"])

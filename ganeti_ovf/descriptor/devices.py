@@ -50,17 +50,20 @@ class Devices:
 
 
 def read_devices(doc: Doc, system: etree._Element, section: Optional[etree._Element],
-                 items: List[etree._Element], disks: List[model.Disk]) -> Devices:
+                 items: List[etree._Element], disks: List[model.Disk],
+                 disk_items: List[etree._Element]) -> Devices:
     """Controllers and boot order of `disks`, and the system-wide hardware.
 
-    `items` are the hardware items selected for the profile (hardware.py).
+    `items` are the hardware items selected for the profile, `disk_items`
+    the item of each disk (hardware.py): a DiskSection disk that several
+    items name is several disks, each in its own item's place.
     """
     controllers, kind_rank = _controllers(doc, items)
-    placed = _disk_places(doc, items)
     interfaces = _ovirt_interfaces(doc, system)
     annotated = []
-    for index, disk in enumerate(disks):
-        parent, unit = placed.get(disk.disk_id, (None, None))
+    for index, (disk, item) in enumerate(zip(disks, disk_items, strict=True)):
+        parent = doc.child_value(item, "Parent")
+        unit = doc.child_value(item, "AddressOnParent")
         controller = controllers.get(parent) if parent else None
         interface, boot = interfaces.get(disk.disk_id, (None, False))
         if controller is None and interface is not None:
@@ -98,20 +101,6 @@ def _resource_type(doc: Doc, item: etree._Element) -> Optional[int]:
     raw = raw.strip() if raw else ""
     return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 6 else None
 
-
-def _disk_places(doc: Doc, items: List[etree._Element]
-                 ) -> Dict[str, Tuple[Optional[str], Optional[str]]]:
-    """disk id -> (Parent, AddressOnParent) of the first item using it."""
-    places: Dict[str, Tuple[Optional[str], Optional[str]]] = {}
-    for item in items:
-        if _resource_type(doc, item) != hardware.RT_DISK:
-            continue
-        reference = hardware.parse_host_resource(doc.child_value(item, "HostResource"))
-        if reference is None or reference[1] in places:
-            continue
-        places[reference[1]] = (doc.child_value(item, "Parent"),
-                                doc.child_value(item, "AddressOnParent"))
-    return places
 
 
 def _ovirt_interfaces(doc: Doc, system: etree._Element

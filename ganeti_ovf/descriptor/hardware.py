@@ -4,6 +4,9 @@ Items are first selected for the chosen deployment profile (an item with
 ovf:configuration applies only to the profiles it lists, and replaces the
 generic item of the same InstanceID), then mapped by CIM ResourceType.  Disk
 items resolve rasd:HostResource to a DiskSection disk (or directly to a File);
+every disk item is a virtual disk of its own, even when several name the same
+DiskSection disk, and one without HostResource is a blank disk sized by its
+own VirtualQuantity;
 the rest of the hardware either has no Ganeti counterpart and is skipped with a
 warning, or is a controller, used only to order the disks.
 """
@@ -46,6 +49,7 @@ class Hardware:
     disks: List[model.Disk] = field(default_factory=list)
     nics: List[model.Nic] = field(default_factory=list)
     items: List[etree._Element] = field(default_factory=list)  # for devices.py
+    disk_items: List[etree._Element] = field(default_factory=list)  # each disk's item
 
 
 def normalize_mac(text: Optional[str]) -> Optional[str]:
@@ -131,8 +135,7 @@ def read_hardware(doc: Doc, section: Optional[etree._Element], profile: Optional
     positions = {}
     for index, item in enumerate(items):
         positions.setdefault(instance_id(doc, item), index)
-    placed_disks: List[Tuple[Tuple[int, int, int], model.Disk]] = []
-    seen_disks: Set[str] = set()
+    placed_disks: List[Tuple[Tuple[int, int, int], model.Disk, etree._Element]] = []
     skipped: Dict[str, int] = {}
     for index, item in enumerate(items):
         label = _label(doc, item)
@@ -147,14 +150,10 @@ def read_hardware(doc: Doc, section: Optional[etree._Element], profile: Optional
             _read_memory(doc, item, label, hardware)
         elif rtype == RT_DISK:
             disk = _read_disk(doc, item, label, disks, files)
-            if disk is None:
-                continue
-            if disk.disk_id in seen_disks:
-                doc.warn(item, "%s uses disk %s again; the disk is imported once"
-                         % (label, disk.disk_id))
-                continue
-            seen_disks.add(disk.disk_id)
-            placed_disks.append((_disk_order(doc, item, index, positions), disk))
+            if disk is not None:
+                # Several items naming one DiskSection disk (vCenter's
+                # profiles do) are several virtual disks alike.
+                placed_disks.append((_disk_order(doc, item, index, positions), disk, item))
         elif rtype == RT_NIC:
             hardware.nics.append(_read_nic(doc, item, label))
         elif rtype in CONTROLLER_TYPES:
@@ -167,8 +166,9 @@ def read_hardware(doc: Doc, section: Optional[etree._Element], profile: Optional
         doc.warn(section, "not imported: %s" % ", ".join(
             "%d %s%s" % (count, name, "s" if count > 1 else "")
             for name, count in skipped.items()))
-    placed_disks.sort(key=lambda pair: pair[0])
-    hardware.disks = [disk for _, disk in placed_disks]
+    placed_disks.sort(key=lambda placed: placed[0])
+    hardware.disks = [disk for _, disk, _item in placed_disks]
+    hardware.disk_items = [item for _, _disk, item in placed_disks]
     for what, count in (("disks", len(hardware.disks)), ("NICs", len(hardware.nics))):
         if count > units.MAX_DEVICES:
             raise doc.error(section, "%d %s, more than the limit of %d"
@@ -221,10 +221,13 @@ def _read_disk(doc: Doc, item: etree._Element, label: str, disks: Dict[str, mode
                files: Dict[str, model.FileRef]) -> Optional[model.Disk]:
     host = doc.child_value(item, "HostResource")
     if host is None:
+        if doc.raw_child_text(item, "VirtualQuantity") is not None:
+            return _item_sized_disk(doc, item, label)
         if doc.attr(item, "required") == "false":
             doc.warn(item, "%s: optional disk without HostResource skipped" % label)
             return None
-        raise doc.error(item, "%s: disk item without HostResource" % label)
+        raise doc.error(item, "%s: disk item without HostResource or VirtualQuantity"
+                        % label)
     reference = parse_host_resource(host)
     if reference is None:
         raise doc.error(item, "%s: HostResource %r is neither ovf:/disk/ID nor ovf:/file/ID"
@@ -241,6 +244,27 @@ def _read_disk(doc: Doc, item: etree._Element, label: str, disks: Dict[str, mode
     doc.warn(item, "%s: disk is file %s without a DiskSection entry; its capacity is"
              " taken from the image" % (label, ref_id))
     return model.Disk(disk_id=ref_id, capacity=0, file=files[ref_id])
+
+
+def _item_sized_disk(doc: Doc, item: etree._Element, label: str) -> model.Disk:
+    """A blank disk sized by the item itself: VirtualQuantity in
+    AllocationUnits (or CIM's VirtualQuantityUnits), bytes if neither."""
+    where = "%s: %s" % (doc.where(item), label)
+    count = units.parse_uint(doc.raw_child_text(item, "VirtualQuantity"),
+                             "%s VirtualQuantity" % where, maximum=units.MAX_CAPACITY,
+                             minimum=1)
+    unit_text = doc.raw_child_text(item, "AllocationUnits", "VirtualQuantityUnits")
+    if unit_text is None or not unit_text.strip():
+        doc.warn(item, "%s: disk size without AllocationUnits; taken as bytes" % label)
+        multiplier = 1
+    else:
+        multiplier = units.parse_allocation_units(unit_text.strip(),
+                                                  "%s AllocationUnits" % where)
+    capacity = count * multiplier
+    if capacity > units.MAX_CAPACITY:
+        raise doc.error(item, "%s: disk of %d bytes is more than the limit of %d"
+                        % (label, capacity, units.MAX_CAPACITY))
+    return model.Disk(disk_id="item%s" % (instance_id(doc, item) or ""), capacity=capacity)
 
 
 def _disk_order(doc: Doc, item: etree._Element, index: int,

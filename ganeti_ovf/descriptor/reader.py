@@ -1,8 +1,10 @@
 """The OVF descriptor reader: XML bytes in, a frozen model.Appliance out.
 
 Pure: no files, no subprocesses.  The envelope namespace decides the OVF
-version (0.9, 1.x, 2.x; anything else is refused); after that elements are
-matched by local name.  Envelope-level sections (References, DiskSection,
+version (0.9, 1.x, 2.x; another namespace is refused; an Envelope in no
+namespace at all, as SUSE exports it, is read as the version a prefix
+declares, else 1.x, with a warning); after that elements are matched by
+local name.  Envelope-level sections (References, DiskSection,
 DeploymentOptionSection) are read once; each VirtualSystem, nested in
 collections or not, becomes a model.VirtualSystem.
 
@@ -11,9 +13,10 @@ Choices the OVF specification leaves open, made here:
   family), so the first one that has items is read and the others ignored.
 - Only DiskSection disks that an item of the chosen profile references become
   disks; a disk no item references at all is reported in a warning.
-- File hrefs must be bare file names (percent-decoded): no URL, no directory
-  part, no '..'.  Every corpus package, including virt-v2v's "subfolders"
-  one (whose descriptor itself sits in a sub-folder), names its files so.
+- File hrefs are relative paths inside the package (percent-decoded segment
+  by segment): `disks/disk1.vmdk` is accepted, as ovftool writes it; URLs,
+  absolute paths, drive letters, backslashes and '..' components are refused
+  (a name merely containing two dots, `sun..vhw-disk1.vmdk`, is fine).
 - A disk without ovf:capacity (Ganeti's old converter wrote none) gets
   capacity 0, meaning "the image's virtual size", with a warning; a blank
   disk must state its capacity.
@@ -39,6 +42,7 @@ from ganeti_ovf.descriptor.xmltree import Doc, child, children, descendants, kin
 from ganeti_ovf.errors import DescriptorError
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_DRIVE = re.compile(r"[A-Za-z]:")
 _PROPERTY_REF = re.compile(r"\$\{(.+)\}")
 _COMPRESSIONS = (model.COMPRESSION_NONE, model.COMPRESSION_GZIP)
 MAX_OS_ID = 1 << 16
@@ -52,14 +56,21 @@ def parse_descriptor(data: bytes, profile: Optional[str] = None,
     or invalid XML, an unknown OVF version, dangling references, refused
     values, or a `profile` the package does not define.
     """
-    root = parse_xml(data, source)
+    parse_warnings: List[str] = []
+    root = parse_xml(data, source, parse_warnings)
     envelope_ns = namespace(root)
     version = versions.version_for_namespace(envelope_ns)
+    if envelope_ns is None and kind(root) == "Envelope":
+        version = _version_without_namespace(root)
     if kind(root) != "Envelope" or version is None:
         known = ", ".join(ns for v in versions.VERSIONS for ns in v.envelope_namespaces)
         raise DescriptorError("%s: root element %s is not an OVF Envelope (known namespaces:"
                               " %s)" % (source, root.tag, known))
     doc = Doc(source, envelope_ns)
+    doc.warnings.extend(parse_warnings)
+    if envelope_ns is None:
+        doc.warn(root, "the Envelope has no namespace; read as OVF %s by local names"
+                 % version.name)
     profiles = _read_profiles(doc, root)
     chosen = _choose_profile(doc, profiles, profile)
     files = _read_references(doc, root)
@@ -84,6 +95,19 @@ def parse_descriptor(data: bytes, profile: Optional[str] = None,
     return model.Appliance(ovf_version=version.name, systems=tuple(systems),
                            files=tuple(files.values()), profiles=tuple(profiles),
                            profile=chosen, warnings=tuple(doc.warnings))
+
+
+def _version_without_namespace(root: etree._Element) -> versions.OvfVersion:
+    """The version of an Envelope in no namespace (SUSE's exports): the one
+    whose envelope namespace a prefix declares, else ovf:version, else 1.x."""
+    for uri in root.nsmap.values():
+        found = versions.version_for_namespace(uri)
+        if found is not None:
+            return found
+    declared = Doc("", None).attr(root, "version") or ""
+    if declared.startswith("2."):
+        return versions.OVF_2
+    return versions.OVF_1
 
 
 def _read_profiles(doc: Doc, root: etree._Element) -> List[model.Profile]:
@@ -141,7 +165,7 @@ def _read_references(doc: Doc, root: etree._Element) -> Dict[str, model.FileRef]
                                 % (label, compression))
             files[file_id] = model.FileRef(
                 file_id=file_id, href=_check_href(doc, element, label),
-                size=_optional_uint(doc, element, "size", label, units.MAX_CAPACITY),
+                size=_advisory_size(doc, element, label),
                 compression=compression,
                 chunk_size=_optional_uint(doc, element, "chunkSize", label,
                                           units.MAX_CAPACITY, minimum=1))
@@ -149,23 +173,54 @@ def _read_references(doc: Doc, root: etree._Element) -> Dict[str, model.FileRef]
 
 
 def _check_href(doc: Doc, element: etree._Element, label: str) -> str:
-    """The percent-decoded href, which must be a bare file name."""
+    """The percent-decoded href: a relative path inside the package.
+
+    Each '/'-separated segment is decoded on its own, so an encoded '/' cannot
+    make a separator; the package layer then resolves the path without
+    following links (see package/reader.py).
+    """
     raw = doc.attr(element, "href")
     if raw is None or raw == "":
         raise doc.error(element, "%s has no ovf:href" % label)
     field = "%s ovf:href" % label
     doc.check(element, field, raw)
     try:
-        href = urllib.parse.unquote(raw, errors="strict")
+        segments = [urllib.parse.unquote(part, errors="strict") for part in raw.split("/")]
     except UnicodeDecodeError:
         raise doc.error(element, "%s: %r is not valid percent-encoded UTF-8" % (field, raw))
+    href = "/".join(segments)
     doc.check(element, field, href)
-    if _SCHEME.match(raw) or _SCHEME.match(href):
-        raise doc.error(element, "%s: URLs are refused (%r); the package must hold the file"
-                        % (field, raw))
-    if "/" in href or "\\" in href or ".." in href or href != href.strip():
-        raise doc.error(element, "%s: %r is not a bare file name" % (field, raw))
-    return href
+    problem = _href_problem(raw, segments)
+    if problem:
+        raise doc.error(element, "%s: %r refused: %s" % (field, raw, problem))
+    while segments[0] == "." and len(segments) > 1:
+        segments.pop(0)  # "./disk.vmdk" is "disk.vmdk"
+    return "/".join(segments)
+
+
+def _href_problem(raw: str, segments: List[str]) -> Optional[str]:
+    """The rule an href breaks, or None; checked in this order on purpose:
+    a drive letter is also a one-letter URL scheme."""
+    joined = "/".join(segments)
+    if _DRIVE.match(raw) or _DRIVE.match(joined):
+        return "a drive letter (hrefs are relative paths inside the package)"
+    if _SCHEME.match(raw) or _SCHEME.match(joined):
+        return "URLs are refused (the package must hold the file)"
+    if raw.startswith("/") or joined.startswith("/"):
+        return "an absolute path (hrefs are relative paths inside the package)"
+    if "\\" in joined:
+        return "a backslash (path components are separated by '/')"
+    if any("/" in segment for segment in segments):
+        return "a percent-encoded '/' (path components are separated by a plain '/')"
+    if joined != joined.strip():
+        return "blanks around the name"
+    if ".." in segments:
+        return "a '..' path component (hrefs may not leave the package)"
+    while len(segments) > 1 and segments[0] == ".":
+        segments = segments[1:]
+    if any(segment in ("", ".") for segment in segments):
+        return "an empty or '.' path component"
+    return None
 
 
 def _optional_uint(doc: Doc, element: etree._Element, name: str, label: str,
@@ -175,6 +230,20 @@ def _optional_uint(doc: Doc, element: etree._Element, name: str, label: str,
         return None
     return units.parse_uint(raw, "%s: %s ovf:%s" % (doc.where(element), label, name),
                             maximum=maximum, minimum=minimum)
+
+
+def _advisory_size(doc: Doc, element: etree._Element, label: str) -> Optional[int]:
+    """ovf:size, or None with a warning when it is not a usable byte count.
+
+    It is advisory: the real size of every file is known from the package,
+    and real exports write negative, huge or placeholder values.
+    """
+    try:
+        return _optional_uint(doc, element, "size", label, units.MAX_CAPACITY)
+    except DescriptorError:
+        doc.warn(element, "%s: ovf:size %r is not a byte count; ignored (the file's real"
+                 " size is used)" % (label, (doc.attr(element, "size") or "")[:40]))
+        return None
 
 
 def _read_disk_section(doc: Doc, root: etree._Element, files: Dict[str, model.FileRef],
@@ -259,10 +328,7 @@ def _read_system(doc: Doc, element: etree._Element, index: int, profile: Optiona
     os_id = os_description = None
     os_section = child(element, "OperatingSystemSection")
     if os_section is not None:
-        raw_id = doc.attr(os_section, "id")
-        if raw_id is not None:
-            os_id = units.parse_uint(raw_id, "%s: OperatingSystemSection ovf:id"
-                                     % doc.where(os_section), maximum=MAX_OS_ID)
+        os_id = _os_id(doc, os_section)
         os_description = doc.child_value(os_section, "Description", collapse=True)
     section = _hardware_section(doc, element)
     family = None
@@ -272,7 +338,8 @@ def _read_system(doc: Doc, element: etree._Element, index: int, profile: Optiona
             family = doc.child_value(system_settings, "VirtualSystemType")
     found = hardware.read_hardware(doc, section, profile, disks, files)
     nics = _add_vbox_macs(doc, element, found.nics)
-    found_devices = devices.read_devices(doc, element, section, found.items, found.disks)
+    found_devices = devices.read_devices(doc, element, section, found.items, found.disks,
+                                         found.disk_items)
     disk_list = found_devices.disks
     settings = None
     if ganeti is not None:
@@ -288,6 +355,19 @@ def _read_system(doc: Doc, element: etree._Element, index: int, profile: Optiona
         memory_mib=found.memory_mib, hardware_family=family, disks=tuple(disk_list),
         nics=tuple(nics), ganeti=settings, vmware_os_type=found_devices.vmware_os_type,
         cores_per_socket=found_devices.cores_per_socket, firmware=found_devices.firmware)
+
+
+def _os_id(doc: Doc, section: etree._Element) -> Optional[int]:
+    """The CIM OS id; an unusable one (real exports write -1) means "unknown"."""
+    raw = doc.attr(section, "id")
+    if raw is None:
+        return None
+    try:
+        return units.parse_uint(raw, "OperatingSystemSection ovf:id", maximum=MAX_OS_ID)
+    except DescriptorError:
+        doc.warn(section, "OperatingSystemSection ovf:id %r is not a CIM OS id; the OS is"
+                 " unknown" % raw[:40])
+        return None
 
 
 def _hardware_section(doc: Doc, system: etree._Element) -> Optional[etree._Element]:

@@ -5,7 +5,14 @@ entities, loads no DTD, touches no network and refuses any DOCTYPE at all (the
 vehicle of XXE and "billion laughs").  Size, element count and depth are capped
 before the tree reaches the reader.  Everything goes out as DescriptorError
 with the source name and, where libxml2 knows it, the line.
+
+Namespace mistakes that do not change the tree's shape are tolerated and
+reported as warnings: a namespace URI that is not a valid URI (real vApp
+descriptors declare `.../cim2608 schema/2/...` with a space) and a prefix
+that is never declared.  The reader matches local names, so neither matters.
 """
+
+from typing import List, Optional
 
 from lxml import etree
 
@@ -20,17 +27,28 @@ MAX_DEPTH = 64
 # the document is parsed as UTF-8 only (UTF-16 could hide these strings).
 _FORBIDDEN_MARKUP = (b"<!DOCTYPE", b"<!ENTITY")
 
+# libxml2's namespace errors that leave a well-formed tree, and what they mean.
+TOLERATED_NAMESPACE_ERRORS = {
+    etree.ErrorTypes.WAR_NS_URI: "a namespace URI that is not a valid URI",
+    etree.ErrorTypes.WAR_NS_URI_RELATIVE: "a relative namespace URI",
+    etree.ErrorTypes.NS_ERR_UNDEFINED_NAMESPACE: "an undeclared namespace prefix",
+}
 
-def _new_parser() -> etree.XMLParser:
+
+def _new_parser(recover: bool = False) -> etree.XMLParser:
     # encoding="utf-8" overrides the XML declaration: every descriptor we know
     # of is UTF-8, and a single encoding keeps the raw-byte checks above sound.
     return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
                            dtd_validation=False, huge_tree=False, remove_comments=True,
-                           remove_pis=True, encoding="utf-8")
+                           remove_pis=True, encoding="utf-8", recover=recover)
 
 
-def parse_xml(data: bytes, source: str) -> etree._Element:
-    """Parse `data` into an element tree, refusing anything unsafe or broken."""
+def parse_xml(data: bytes, source: str,
+              warnings: Optional[List[str]] = None) -> etree._Element:
+    """Parse `data` into an element tree, refusing anything unsafe or broken.
+
+    Tolerated namespace mistakes are appended to `warnings` (if given).
+    """
     if not isinstance(data, (bytes, bytearray)):
         raise DescriptorError("%s: descriptor must be bytes, not %s"
                               % (source, type(data).__name__))
@@ -52,9 +70,9 @@ def parse_xml(data: bytes, source: str) -> etree._Element:
     try:
         root = etree.fromstring(data, _new_parser())
     except etree.XMLSyntaxError as err:
-        message = (err.msg or str(err) or "invalid XML").splitlines()[0]
-        raise DescriptorError("%s: line %s: invalid XML: %s"
-                              % (source, err.lineno or "?", message))
+        if err.code not in TOLERATED_NAMESPACE_ERRORS:
+            raise _syntax_error(source, err)
+        root = _parse_tolerating_namespaces(data, source, warnings)
     except (ValueError, etree.LxmlError) as err:
         raise DescriptorError("%s: invalid XML: %s" % (source, str(err).splitlines()[0]))
     if root is None:
@@ -63,6 +81,39 @@ def parse_xml(data: bytes, source: str) -> etree._Element:
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         raise DescriptorError("%s: DOCTYPE declarations are refused" % source)
     _check_shape(root, source)
+    return root
+
+
+def _syntax_error(source: str, err: object) -> DescriptorError:
+    """The one-line error for an XMLSyntaxError or a libxml2 log entry."""
+    message = (getattr(err, "msg", None) or getattr(err, "message", None) or str(err)
+               or "invalid XML").splitlines()[0]
+    line = getattr(err, "lineno", None) or getattr(err, "line", None)
+    return DescriptorError("%s: line %s: invalid XML: %s" % (source, line or "?", message))
+
+
+def _parse_tolerating_namespaces(data: bytes, source: str,
+                                 warnings: Optional[List[str]]) -> etree._Element:
+    """Parse again in recovery mode, accepted only if every error libxml2
+    reports is a tolerated namespace error (anything else is refused)."""
+    parser = _new_parser(recover=True)
+    try:
+        root = etree.fromstring(data, parser)
+    except (etree.XMLSyntaxError, ValueError) as err:
+        raise DescriptorError("%s: invalid XML: %s" % (source, str(err).splitlines()[0]))
+    tolerated = {}
+    for entry in parser.error_log:
+        if entry.type in TOLERATED_NAMESPACE_ERRORS:
+            tolerated.setdefault(entry.type, entry)
+        elif entry.level >= etree.ErrorLevels.ERROR:
+            raise _syntax_error(source, entry)
+    if root is None:
+        raise DescriptorError("%s: descriptor holds no XML element" % source)
+    if warnings is not None:
+        for kind, entry in tolerated.items():
+            warnings.append("%s: line %s: %s (read by local names): %r"
+                            % (source, entry.line, TOLERATED_NAMESPACE_ERRORS[kind],
+                               entry.message.strip()[:200]))
     return root
 
 

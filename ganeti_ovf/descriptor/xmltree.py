@@ -1,8 +1,9 @@
 """Reading a parsed descriptor tree: local-name lookups and checked values.
 
 Tools disagree on prefixes and namespaces (children without a namespace under a
-qualified root, `ovf:href` or `href`, sasd/epasd with `.xsd`-suffixed URIs), so
-elements are matched by local name and OVF attributes in either form.  Every
+qualified root, an Envelope without any namespace, `ovf:href` or `href`,
+sasd/epasd with `.xsd`-suffixed URIs, prefixes never declared), so elements are
+matched by local name and OVF attributes in any of these forms.  Every
 string that reaches the model passes through `Doc.value`, which strips XML
 blanks and refuses control characters (errors.UNPRINTABLE: C0, DEL, C1, the
 Unicode line separators, which could end a config line, and the bidirectional
@@ -26,7 +27,8 @@ def local_name(element: etree._Element) -> str:
     tag = element.tag
     if not isinstance(tag, str):
         return ""
-    return tag.rpartition("}")[2]
+    # A prefix nobody declared stays in the tag as written ("rasd:Caption").
+    return tag.rpartition("}")[2].rpartition(":")[2]
 
 
 def namespace(element: etree._Element) -> Optional[str]:
@@ -87,12 +89,16 @@ class Doc:
         self.warnings.append("%s: %s" % (self.where(element), message))
 
     def attr(self, element: etree._Element, name: str) -> Optional[str]:
-        """An OVF attribute, `ovf:name` (any OVF version's namespace) or `name`."""
+        """An OVF attribute, `ovf:name` (any OVF version's namespace) or `name`.
+
+        `ovf:name` with the prefix never declared is kept as written.
+        """
         for ns in self.ovf_namespaces:
             found = element.get("{%s}%s" % (ns, name))
             if found is not None:
                 return found
-        return element.get(name)
+        found = element.get(name)
+        return found if found is not None else element.get("ovf:" + name)
 
     def check(self, element: Optional[etree._Element], field: str, raw: str,
               collapse: bool = False) -> str:

@@ -15,13 +15,11 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
-from ganeti_ovf.disks import formats, qemu, vmdkread
+from ganeti_ovf.disks import formats, gzipstream, qemu, vmdkread
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import COMPRESSION_GZIP, COMPRESSION_NONE, Member
 
 BLOCK = 1024 ** 2  # read and write unit; an all-zero block becomes a hole
-GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib wants this to parse the gzip wrapper
-GZIP_MAGIC = b"\x1f\x8b"
 # Expansion allowed when materialising without a caller's limit: the image
 # file may exceed the guest size by its metadata, never by more.
 METADATA_SLACK = 64 * 1024 ** 2
@@ -41,18 +39,7 @@ class ImportedDisk:
 
 def _member_blocks(member: Member) -> Iterator[bytes]:
     """The bytes of `member`, in blocks, read within its range only."""
-    fd = os.open(member.path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        position, end = member.offset, member.offset + member.size
-        while position < end:
-            block = os.pread(fd, min(BLOCK, end - position), position)
-            if not block:
-                raise DiskError("%s: file %s ends %d bytes early"
-                                % (member.name, member.path, end - position))
-            position += len(block)
-            yield block
-    finally:
-        os.close(fd)
+    return gzipstream.read_range(member, member.offset, member.size)
 
 
 class _SparseWriter:
@@ -79,39 +66,6 @@ class _SparseWriter:
         os.ftruncate(self.fd, self.size)
 
 
-def _gunzip(blocks: Iterator[bytes], out: _SparseWriter, name: str) -> None:
-    """Stream-decompress gzip members from `blocks` into `out`.
-
-    Several gzip members one after another are one file (as gzip -d reads
-    them); anything else after the last member, or a member cut short, is
-    refused.  Output is produced BLOCK bytes at a time, so a bomb is stopped
-    by the writer's limit before it can fill the disk or memory.
-    """
-    decomp = zlib.decompressobj(GZIP_WBITS)
-    pending = b""  # bytes after a finished member, too few to judge yet
-    empty = True
-    for data in blocks:
-        empty = False
-        data, pending = pending + data, b""
-        while data:
-            if decomp.eof:
-                # The member ended: only another member may follow.
-                if len(data) < len(GZIP_MAGIC):
-                    pending = data
-                    break
-                if not data.startswith(GZIP_MAGIC):
-                    raise DiskError("%s: trailing data after the gzip stream" % name)
-                decomp = zlib.decompressobj(GZIP_WBITS)
-            out.write(decomp.decompress(data, BLOCK))
-            data = decomp.unused_data if decomp.eof else decomp.unconsumed_tail
-    if empty:
-        raise DiskError("%s: empty gzip file" % name)
-    if pending:
-        raise DiskError("%s: trailing data after the gzip stream" % name)
-    if not decomp.eof:
-        raise DiskError("%s: gzip stream is truncated" % name)
-
-
 def materialize(members: Sequence[Member], compression: str, staging_dir: str,
                 limit: int) -> Member:
     """Join `members` in order (decompressing gzip) into a private staging file.
@@ -135,7 +89,7 @@ def materialize(members: Sequence[Member], compression: str, staging_dir: str,
         out = _SparseWriter(fd, limit, name)
         blocks = (block for member in members for block in _member_blocks(member))
         if compression == COMPRESSION_GZIP:
-            _gunzip(blocks, out, name)
+            gzipstream.gunzip(members, out.write, name)
         else:
             for block in blocks:
                 out.write(block)

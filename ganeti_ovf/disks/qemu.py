@@ -1,19 +1,25 @@
 """qemu-img, and the only place the library runs a program.
 
-Every command goes through ganeti.utils.RunCmd with a reset environment
+Every command (qemu-img, and the streaming filters of run_filter, such as
+igzip) runs with a reset environment
 (LC_ALL=C, a fixed PATH), under coreutils `timeout` and util-linux `prlimit`
 (address space, CPU time and, when writing, file size), with an explicit
 format: qemu-img never probes.  Output is read as JSON only, capped, and
 re-checked against what the caller expects.  A package member is opened in
 place through --image-opts: a raw "window" driver over the OVA's byte range.
+qemu-img runs through ganeti.utils.RunCmd; a filter streams gigabytes
+through pipes, which RunCmd would buffer whole, so run_filter starts it with
+subprocess (no shell) under the same limits.
 """
 
+import fcntl
 import json
 import os
 import re
+import subprocess
 import tempfile
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 from ganeti import errors as ganeti_errors
 from ganeti import utils
@@ -85,7 +91,7 @@ def image_opts(member: Member, fmt: str) -> str:
             % (fmt, member.offset, rounded, path))
 
 
-def _limits(seconds: int, fsize: Optional[int]) -> List[str]:
+def _limits(seconds: int, fsize: Optional[int], program: str = QEMU_IMG) -> List[str]:
     # Both timeout and qemu-img die with their parent (setpriv --pdeathsig):
     # a killed gnt-ovf leaves no qemu-img writing into its staging.
     cmd = [SETPRIV, "--pdeathsig=KILL", "--",
@@ -94,7 +100,7 @@ def _limits(seconds: int, fsize: Optional[int]) -> List[str]:
            PRLIMIT, "--as=%d" % MEMORY_LIMIT, "--cpu=%d" % seconds]
     if fsize is not None:
         cmd.append("--fsize=%d" % max(fsize, SECTOR))
-    return cmd + ["--", QEMU_IMG]
+    return cmd + ["--", program]
 
 
 def _last_line(text: str) -> str:
@@ -370,3 +376,90 @@ def compare(a: str, fmt_a: str, b: str, fmt_b: str) -> bool:
     if result.exit_code in (0, 1):  # identical, different
         return result.exit_code == 0
     raise _fail_reason("%s vs %s" % (a, b), result, seconds)
+
+
+# ------------------------------------------------------------ streaming filters
+
+class FilterError(DiskError):
+    """A filter program failed (its exit status), as opposed to its reader."""
+
+
+FILTER_BLOCK = 1024 ** 2  # output handed on in blocks of this size
+FILTER_STDERR = 64 * 1024  # bytes of a filter's messages kept (fsize caps the file)
+_PIPE_SIZE = 1024 ** 2
+_F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), not named by Python 3.11's fcntl
+
+
+def run_filter(program: str, args: List[str], feed: Union[int, Iterable[bytes]],
+               output: Callable[[bytes], None], what: str, seconds: int) -> None:
+    """Run `program args` as a filter: `feed`'s blocks to its standard input
+    (from a thread; or `feed` is an open file descriptor it reads itself),
+    its standard output to `output` in FILTER_BLOCK blocks.
+
+    No shell; a reset environment; the limits of qemu-img (time, address
+    space, pdeathsig) and a file-size limit that caps its messages (it
+    writes no file).  An exception from `output` or `feed` kills the filter
+    and propagates.  Raises DiskError when the filter fails or times out.
+    """
+    with tempfile.TemporaryFile(prefix=".filter-") as messages:
+        try:
+            proc = subprocess.Popen(_limits(seconds, FILTER_STDERR, program) + args,
+                                    stdin=feed if isinstance(feed, int) else subprocess.PIPE,
+                                    stdout=subprocess.PIPE,
+                                    stderr=messages, env=ENV, cwd="/", close_fds=True)
+        except OSError as err:
+            raise DiskError("%s: cannot run %s: %s" % (what, program, err.strerror)) from None
+        for pipe in (proc.stdin, proc.stdout):
+            try:
+                if pipe is not None:
+                    fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+            except OSError:
+                pass  # a smaller pipe only costs more system calls
+        failure: List[BaseException] = []
+
+        def pump() -> None:
+            if proc.stdin is None:
+                return  # it reads the file itself
+            try:
+                for block in feed:
+                    proc.stdin.write(block)
+            except BrokenPipeError:
+                pass  # the filter stopped reading: its exit status says why
+            except BaseException as err:  # noqa: B902 (re-raised by the caller)
+                failure.append(err)
+                proc.kill()
+            finally:
+                try:
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+
+        feeder = threading.Thread(target=pump, name="filter-feed", daemon=True)
+        feeder.start()
+        try:
+            while True:
+                block = proc.stdout.read(FILTER_BLOCK)
+                if not block:
+                    break
+                output(block)
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            proc.stdout.close()
+            code = proc.wait()
+            feeder.join()
+        if failure:
+            raise failure[0]
+        if code:
+            messages.seek(0)
+            text = messages.read(FILTER_STDERR).decode("utf-8", "replace")
+            if code in (124, 137):
+                raise FilterError("%s: %s ran out of its %d s" % (what, program, seconds))
+            raise FilterError("%s: %s failed (exit %d): %s"
+                            % (what, os.path.basename(program), code,
+                               _printable(_last_line(text))))
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)[:200]

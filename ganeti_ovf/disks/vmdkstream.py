@@ -28,9 +28,7 @@ one pending grain table and the grain directory (4 bytes per 32 MiB of disk).
 
 import collections
 import concurrent.futures
-import errno
 import os
-import stat
 import struct
 import sys
 import threading
@@ -38,7 +36,7 @@ import zlib
 from array import array
 from typing import BinaryIO, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
-from ganeti_ovf.disks import deflate
+from ganeti_ovf.disks import deflate, sparse
 from ganeti_ovf.errors import DiskError, OptionError
 
 SECTOR = 512
@@ -146,27 +144,6 @@ def _default_name(source_path: str) -> str:
     base = "".join(c if c.isascii() and c.isprintable() and c != '"' else "_"
                    for c in base)
     return base if base.endswith(".vmdk") else base + ".vmdk"
-
-
-def _data_runs(fd: int, size: int, path: str) -> Iterator[Tuple[int, int]]:
-    """Yield [start, end) byte ranges of the source that may hold data."""
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-        except OSError as err:
-            if err.errno == errno.ENXIO:  # nothing but a hole after pos
-                return
-            if err.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                yield pos, size  # no hole detection here: read everything
-                return
-            raise DiskError(f"{path}: cannot map holes: {err.strerror}")
-        if start >= size:
-            return
-        end = min(end, size)
-        yield start, end
-        pos = end
 
 
 def _batches(runs: Iterator[Tuple[int, int]]) -> Iterator[Tuple[int, int]]:
@@ -347,16 +324,8 @@ def write_stream_optimized(source_path: str, out: BinaryIO, *,
     _check_options(threads, adapter_type, hw_version, name)
     make_compressor = deflate.compressor_factory(level, backend)
     threads = min(threads or os.cpu_count() or 1, MAX_THREADS)
+    fd, size = sparse.open_source(source_path)
     try:
-        fd = os.open(source_path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise DiskError(f"{source_path}: cannot open: {err.strerror}")
-    try:
-        mode = os.fstat(fd).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-            raise DiskError(f"{source_path}: not a regular file or block"
-                            " device")
-        size = os.lseek(fd, 0, os.SEEK_END)  # st_size is 0 for devices
         if capacity is None:
             capacity = _round_up(size, SECTOR)
         if isinstance(capacity, bool) or not isinstance(capacity, int) \
@@ -430,7 +399,7 @@ def _stream(fd: int, path: str, size: int, out: BinaryIO, capacity: int,
     with concurrent.futures.ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="vmdk-deflate") as pool:
         try:
-            for first, count in _batches(_data_runs(fd, size, path)):
+            for first, count in _batches(sparse.data_runs(fd, size, path)):
                 count = min(count, total_grains - first)
                 if count <= 0:
                     break

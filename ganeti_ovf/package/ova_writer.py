@@ -22,6 +22,7 @@ from ganeti_ovf.errors import PublishError
 
 BLOCK = 512
 _OCTAL_SIZE_LIMIT = 8 ** 11  # 8 GiB: the most ustar's size field can state
+_ZEROS = bytes(1024 * 1024)  # hashed in place of a skipped hole
 
 
 def _octal(value: int, width: int) -> bytes:
@@ -63,19 +64,43 @@ def padding(size: int) -> int:
 
 
 class MemberWriter:
-    """A file-like object writing one member's data, hashing it as it goes."""
+    """A file-like object writing one member's data, hashing it as it goes.
+
+    skip(count) stands for `count` zero bytes: hashed, but left as a hole in
+    the file (the handle seeks past them), so a sparse disk stays sparse in a
+    folder and inside an OVA alike.  finish() gives a file that ends in a
+    hole its length.
+    """
 
     def __init__(self, handle: BinaryIO, algorithm: Optional[str]) -> None:
         self._handle = handle
         self._hasher = hashlib.new(algorithm) if algorithm else None
         self.size = 0
+        self._hole_at_end = False
 
     def write(self, data) -> int:
         written = self._handle.write(data)
         if self._hasher is not None:
             self._hasher.update(data)
         self.size += len(data)
+        self._hole_at_end = False
         return written
+
+    def skip(self, count: int) -> None:
+        if count <= 0:
+            return
+        if self._hasher is not None:
+            zeros = memoryview(_ZEROS)
+            for done in range(0, count, len(_ZEROS)):
+                self._hasher.update(zeros[:min(len(_ZEROS), count - done)])
+        self._handle.seek(count, os.SEEK_CUR)
+        self.size += count
+        self._hole_at_end = True
+
+    def finish(self) -> None:
+        if self._hole_at_end:
+            self._handle.truncate()  # at the current position: the hole's end
+            self._hole_at_end = False
 
     def tell(self) -> int:
         return self.size

@@ -7,9 +7,12 @@ OVF folder's member is the file itself, an OVA member is a range of the tar
 that needs a copy: it is decompressed, streaming, into a private file in the
 caller's staging directory and read in place from there.
 
-Safety: member names are relative paths of plain components; in a folder every
-component is opened with O_NOFOLLOW below the package directory, so a symlink
-(even one pointing inside) or a non-regular file is refused.
+Safety: member names are relative paths of plain components (hrefs such as
+`disks/disk1.vmdk` included); in a folder every component is opened with
+O_NOFOLLOW below the package directory, so a symlink (even one pointing
+inside) or a non-regular file is refused, and a sub-folder stays pinned open
+so that later reads cannot be redirected out of the package.  A folder
+package's members are valid while the package is open.
 """
 
 import errno
@@ -165,14 +168,26 @@ class Package:
 
 
 class _FolderPackage(Package):
-    """A descriptor and the files beside it."""
+    """A descriptor and the files beside it, or in sub-folders below it.
+
+    A sub-folder is opened once, component by component with O_NOFOLLOW, and
+    its descriptor is kept open while the package is: its members are named
+    through /proc/PID/fd/N/NAME, which resolves in that very directory however
+    the folder is changed afterwards (a component swapped for a symlink, the
+    sub-folder renamed), for this process and for the qemu-img it runs.
+    """
 
     kind = "ovf"
 
     def __init__(self, path: str) -> None:
         self.directory = os.path.dirname(os.path.abspath(path))
+        self._pinned: Dict[str, int] = {}
+        self._finalizer = weakref.finalize(self, _close_all, self._pinned)
         super().__init__(path, os.path.basename(path))
         self.member(self.descriptor_name)  # a symlinked descriptor is refused too
+
+    def close(self) -> None:
+        self._finalizer()
 
     def label(self, name: str) -> str:
         return os.path.join(self.directory, name)
@@ -193,13 +208,19 @@ class _FolderPackage(Package):
 
     def member(self, name: str) -> Member:
         _check_name(self.label(name), name)
-        parts = name.split("/")
+        subdir, _, base = name.rpartition("/")
         try:
-            directory = self._open_directory(parts[:-1])
+            if subdir:
+                directory = self._pinned_directory(subdir)
+                path = "%s/%s" % (_fd_path(directory), base)
+            else:
+                directory = self._open_directory([])
+                path = os.path.join(self.directory, name)
             try:
-                fd = os.open(parts[-1], _NOFOLLOW, dir_fd=directory)
+                fd = os.open(base, _NOFOLLOW, dir_fd=directory)
             finally:
-                os.close(directory)
+                if not subdir:
+                    os.close(directory)
             try:
                 info = os.fstat(fd)
             finally:
@@ -208,7 +229,26 @@ class _FolderPackage(Package):
             raise PackageError("%s: %s" % (self.label(name), _open_problem(err)))
         if not stat.S_ISREG(info.st_mode):
             raise PackageError("%s: not a regular file" % self.label(name))
-        return Member(name, os.path.join(self.directory, name), 0, info.st_size)
+        return Member(name, path, 0, info.st_size)
+
+    def _pinned_directory(self, subdir: str) -> int:
+        """The sub-folder's descriptor, opened once for the package's life."""
+        fd = self._pinned.get(subdir)
+        if fd is not None:
+            return fd
+        fd = self._open_directory(subdir.split("/"))
+        try:
+            # The /proc name must lead to this very directory, or nothing may
+            # be read through it (no /proc, or another pid namespace's).
+            seen, pinned = os.stat(_fd_path(fd)), os.fstat(fd)
+            if (seen.st_dev, seen.st_ino) != (pinned.st_dev, pinned.st_ino):
+                raise PackageError("%s: cannot pin the sub-folder: %s does not lead to it"
+                                   % (self.label(subdir), _fd_path(fd)))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._pinned[subdir] = fd
+        return fd
 
     def _open_directory(self, parts: List[str]) -> int:
         """A descriptor of the package sub-directory `parts`, no symlink followed."""
@@ -232,14 +272,20 @@ class _FolderPackage(Package):
         if not subdir:
             return self.names()
         try:
-            fd = self._open_directory(subdir.split("/"))
-            try:
-                entries = os.listdir(fd)
-            finally:
-                os.close(fd)
-        except OSError:
+            entries = os.listdir(self._pinned_directory(subdir))
+        except (OSError, PackageError):
             return []  # chunks() then reports that there are none
         return [subdir + "/" + entry for entry in sorted(entries)]
+
+
+def _fd_path(fd: int) -> str:
+    return "/proc/%d/fd/%d" % (os.getpid(), fd)
+
+
+def _close_all(fds: Dict[str, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
 
 
 class _OvaPackage(Package):

@@ -37,13 +37,14 @@ def test_missing_config_means_disabled(tmp_path):
 def test_config_parsed():
     config = hook_config.parse_config(
         "[ovf-export]\nenabled = yes\ntags = a, b c\nformat = qcow2\nova = no\n"
-        "compress = yes\nexternal = on\nmanifest = none\novf_version = 2.0\n"
-        "output_dir = /srv/ovf\nspool_dir = /var/lib/ganeti/spool\nkeep = 3\n",
+        "compress = yes\ncompress_level = 6\nexternal = on\nmanifest = none\n"
+        "ovf_version = 2.0\noutput_dir = /srv/ovf\nspool_dir = /var/lib/ganeti/spool\nkeep = 3\n",
         "test.conf", "/var/lib/ganeti/export")
     assert config == HookConfig(
         enabled=True, tags=("a", "b", "c"), disk_format="qcow2", ova=False,
-        compress=True, external=True, manifest_algorithm=None, ovf_version="2.0",
-        output_dir="/srv/ovf", spool_dir="/var/lib/ganeti/spool", keep=3)
+        compress=True, compress_level=6, external=True, manifest_algorithm=None,
+        ovf_version="2.0", output_dir="/srv/ovf", spool_dir="/var/lib/ganeti/spool", keep=3)
+    assert HookConfig().compress_level == 1  # as export --compress-level
 
 
 @pytest.mark.parametrize("text, message", [
@@ -58,8 +59,10 @@ def test_config_parsed():
     ("keep = -1", "keep = '-1' is not a number"),
     ("keep = many", "keep = 'many' is not a number"),
     ("colour = blue", "unknown key colour"),
+    ("compress_level = 10", "compress_level = '10' is not a level from 0 to 9"),
+    ("compress_level = fast", "compress_level = 'fast' is not a level"),
 ], ids=["output-in-export", "output-is-export", "spool-in-export", "relative", "bool",
-        "format", "manifest", "keep-negative", "keep-text", "unknown"])
+        "format", "manifest", "keep-negative", "keep-text", "unknown", "level", "level-text"])
 def test_bad_config_refused(text, message):
     with pytest.raises(HookError) as err:
         hook_config.parse_config("[ovf-export]\nenabled = yes\n" + text + "\n", "test.conf",

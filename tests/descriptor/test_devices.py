@@ -117,3 +117,15 @@ def test_corpus_controllers(name, expected):
         system = parse_descriptor(handle.read(), source=name).systems[0]
     controller = system.disks[0].controller
     assert (controller.resource_type, controller.subtype) == expected
+
+
+def test_a_disk_named_by_several_items_takes_each_items_place():
+    # vCenter profiles name one DiskSection disk from several items on
+    # different slots: each disk keeps its own item's slot, so the order is
+    # the slots' order and not the first item's place repeated.
+    import realworld
+    from ganeti_ovf.descriptor.reader import parse_descriptor
+
+    system = parse_descriptor(realworld.vcenter_appliance(), profile="tiny").systems[0]
+    assert [disk.unit for disk in system.disks] == [str(slot) for slot in range(15)]
+    assert [disk.capacity for disk in system.disks] == realworld.vcenter_capacities("tiny")

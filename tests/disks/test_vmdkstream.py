@@ -336,3 +336,46 @@ def test_deflate_backends_produce_zlib_streams():
         for buffer in (data, bytearray(data), memoryview(bytearray(data))):
             assert zlib.decompress(compressor.compress(buffer)) == data
     assert deflate.best_backend() == "libdeflate"  # libdeflate0 is installed
+
+
+def test_incompressible_grains_are_stored_and_still_valid(tmp_path):
+    """Random grains go out as deflate stored blocks (no CPU spent on them);
+    text grains are still compressed; qemu-img reads both back exactly."""
+    rng = random.Random(15)
+    source = make_raw(str(tmp_path / "mixed.raw"), 4 * MIB,
+                      [(0, rng.randbytes(MIB)), (2 * MIB, text(MIB, 15))])
+    vmdk = str(tmp_path / "mixed.vmdk")
+    write(source, vmdk)
+    check_vmdk(source, vmdk, 4 * MIB, tmp_path)
+    with open(vmdk, "rb") as handle:
+        stream = handle.read()
+    stored = compressed = 0
+    position = 128 * 512  # overHead: the first grain marker
+    while True:
+        lba, size = struct.unpack_from("<QI", stream, position)
+        if size == 0:
+            break
+        data = stream[position + 12:position + 12 + size]
+        assert zlib.decompress(data) == open(source, "rb").read()[lba * 512:lba * 512 + GRAIN]
+        # BTYPE (bits 1-2 of the first deflate byte after the 2-byte zlib
+        # header): 00 stored, 01/10 compressed.
+        if (data[2] >> 1) & 3 == 0:
+            stored += 1
+        else:
+            compressed += 1
+        position += -(-(12 + size) // 512) * 512
+    assert stored == MIB // GRAIN and compressed == MIB // GRAIN
+
+
+@pytest.mark.parametrize("backend", ["libdeflate", "zlib"])
+def test_deflate_stores_what_does_not_compress(backend):
+    compressor = deflate.compressor_factory(1, backend)()
+    noise = random.Random(3).randbytes(GRAIN)
+    prose = text(GRAIN, 3)
+    for data in (noise, prose, bytes(GRAIN)):
+        for framing in (compressor.compress, compressor.gzip):
+            out = framing(data)
+            wbits = zlib.MAX_WBITS if framing == compressor.compress else 31
+            assert zlib.decompress(out, wbits) == data
+    assert compressor.stored == 2  # the noise, once per framing
+    assert len(compressor.compress(prose)) < GRAIN // 2

@@ -1,0 +1,104 @@
+"""Raw disks read by their data: holes found, never read, handed on as holes.
+
+This module owns walking a raw source by its allocated ranges (SEEK_DATA and
+SEEK_HOLE) and copying it into a hole-aware writer: a writer with `write(data)`
+and `skip(count)`, where skip stands for `count` zero bytes that the writer may
+leave unallocated (a sparse file, an OVA member), fold into one precomputed
+gzip member, or hash without storing.  Blocks of data that are all zeros are
+skipped too, so an export allocates what the guest wrote, not the disk size.
+"""
+
+import errno
+import os
+import stat
+from typing import Iterator, Protocol, Tuple
+
+from ganeti_ovf.errors import DiskError
+
+BLOCK = 1024 * 1024  # read unit; aligned, so a zero block is a whole hole
+ZERO_BLOCK = bytes(BLOCK)
+
+
+class HoleWriter(Protocol):
+    """What copy() writes into."""
+
+    def write(self, data: bytes) -> int: ...
+
+    def skip(self, count: int) -> None: ...
+
+
+def data_runs(fd: int, size: int, path: str) -> Iterator[Tuple[int, int]]:
+    """Yield [start, end) byte ranges of the source that may hold data."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+        except OSError as err:
+            if err.errno == errno.ENXIO:  # nothing but a hole after pos
+                return
+            if err.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                yield pos, size  # no hole detection here: read everything
+                return
+            raise DiskError(f"{path}: cannot map holes: {err.strerror}")
+        if start >= size:
+            return
+        end = min(end, size)
+        yield start, end
+        pos = end
+
+
+def open_source(path: str) -> Tuple[int, int]:
+    """(descriptor, size) of a regular file or block device to read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise DiskError(f"{path}: cannot open: {err.strerror}")
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise DiskError(f"{path}: not a regular file or block device")
+        return fd, os.lseek(fd, 0, os.SEEK_END)  # st_size is 0 for devices
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def copy(path: str, out: HoleWriter, length: int = -1) -> int:
+    """Copy the raw file `path` into `out`, holes and zero blocks as skips.
+
+    `length` (default: the source size) may exceed the source: the rest is
+    a hole.  Returns the bytes covered (`length`).  A source that shrinks
+    while read is a DiskError; one that grows is read to `length` only.
+    """
+    fd, size = open_source(path)
+    try:
+        if length < 0:
+            length = size
+        size = min(size, length)
+        position = 0
+        for start, end in data_runs(fd, size, path):
+            # Align reads to BLOCK so a zero block stays a whole skip.
+            start -= start % BLOCK
+            if start > position:
+                out.skip(start - position)
+                position = start
+            while position < end:
+                count = min(BLOCK - position % BLOCK, size - position)
+                try:
+                    block = os.pread(fd, count, position)
+                except OSError as err:
+                    raise DiskError(f"{path}: cannot read at offset {position}:"
+                                    f" {err.strerror}")
+                if len(block) != count:
+                    raise DiskError(f"{path}: shrank while read (offset {position})")
+                if block == (ZERO_BLOCK if count == BLOCK else bytes(count)):
+                    out.skip(count)
+                else:
+                    out.write(block)
+                position += count
+        if length > position:
+            out.skip(length - position)
+        return length
+    finally:
+        os.close(fd)
