@@ -25,7 +25,8 @@ DEB_RUNTIME = ganeti ganeti-os-noop qemu-utils python3-lxml python3-pyparsing \
               python3-cryptography util-linux libdeflate0 pigz isal
 DEB_TEST    = python3-pytest python3-mock python3-hypothesis tar openssl \
               man-db groff-base iproute2 procps python3-venv \
-              dpkg-dev debhelper build-essential git time
+              dpkg-dev debhelper build-essential git time \
+              qemu-system-x86 mtools syslinux dosfstools busybox-static
 DEB_ALL     = $(DEB_RUNTIME) $(DEB_TEST)
 
 .PHONY: all deps check test lint demo bench fuzz install uninstall clean deb

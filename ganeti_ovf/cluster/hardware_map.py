@@ -337,9 +337,15 @@ def describe(system: model.VirtualSystem) -> dict:
     parameters = []
     for group in mapping.groups:
         kept = any(param.name in given for param in group)
-        parameters.extend({"name": p.name, "value": p.value, "source": p.source,
-                           "reason": p.why, "package_sets_it": kept} for p in group)
+        parameters.extend(dict(entry, package_sets_it=kept)
+                          for entry in describe_params(group))
     return {"hypervisor": hypervisor, "parameters": parameters, "notes": list(mapping.notes)}
+
+
+def describe_params(params) -> List[dict]:
+    """Parameters as gnt-ovf info's JSON lists them."""
+    return [{"name": p.name, "value": p.value, "source": p.source, "reason": p.why}
+            for p in params]
 
 
 def describe_text(section: dict) -> List[str]:

@@ -498,3 +498,39 @@ def test_href_is_percent_encoded_and_read_back(tmp_path):
     back = parse_descriptor(data, source="written.ovf")
     assert back.files == (ref,)
     assert back.systems[0].disks[0].file == ref
+
+
+# --- disk controllers (cluster/hardware_map.py chooses them on export) --------
+
+@pytest.mark.parametrize("controller, per_bus, subtype", [
+    (model.Controller(5), 2, None),
+    (model.Controller(20, "AHCI"), 30, "AHCI"),
+    (model.Controller(6, "lsilogic virtio"), 15, "lsilogic virtio"),
+])
+def test_disks_on_the_controller_the_model_names(disk_files, controller, per_bus, subtype):
+    base = appliance(disk_files, 3, 1, GANETI_RT)
+    system = base.systems[0]
+    system = dataclasses.replace(system, disks=tuple(
+        dataclasses.replace(disk, controller=controller) for disk in system.disks))
+    data = write_descriptor(model.Appliance("1.0", (system,), base.files))
+    validate_ovf10(data)
+    root = parse(data)
+    rtype = str(controller.resource_type)
+    buses = texts(root, "//ovf:Item[rasd:ResourceType='%s']/rasd:Address" % rtype)
+    assert buses == (["0", "1"] if per_bus == 2 else ["0"])
+    assert texts(root, "//ovf:Item[rasd:ResourceType='%s']/rasd:ResourceSubType"
+                 % rtype) == ([subtype] * len(buses) if subtype else [])
+    back = parse_descriptor(data, source="written.ovf").systems[0]
+    assert [(d.controller.resource_type, d.controller.subtype, d.controller.address,
+             d.unit) for d in back.disks] == [
+        (controller.resource_type, subtype, str(index // per_bus),
+         str(index % per_bus)) for index in range(3)]
+
+
+def test_too_many_disks_for_ide_are_refused(disk_files):
+    base = appliance(disk_files, 3, 0, None)
+    disk = dataclasses.replace(base.systems[0].disks[0], controller=model.Controller(5))
+    disks = tuple(dataclasses.replace(disk, disk_id="d%d" % i) for i in range(5))
+    system = dataclasses.replace(base.systems[0], disks=disks)
+    with pytest.raises(DescriptorError, match="5 disks do not fit on 2 IDE controllers"):
+        write_descriptor(model.Appliance("1.0", (system,), base.files))
