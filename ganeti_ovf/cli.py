@@ -434,7 +434,10 @@ def ImportPackage(opts, args):
             ToStdout("Instance %s imported on %s in %.1f s (%s)", direct.name, direct.node,
                      direct.seconds, "started" if opts.start else "stopped")
         return 0
-    result = importer.import_package(request, feedback, _progress_stream(opts))
+    check = None
+    if opts.submit_import:  # with --via-export: the job's checks come first
+        check = lambda plan: instance.check_create(plan.system, opts, feedback)  # noqa: E731
+    result = importer.import_package(request, feedback, _progress_stream(opts), check)
     name = result.plan.system.name
     if not as_json:
         _written(result)
