@@ -157,6 +157,11 @@ SHUTDOWN_TIMEOUT_OPT = cli_option("--shutdown-timeout", dest="shutdown_timeout",
                                   help="With --node: seconds to wait for the instance"
                                   " to shut down before it is forced off (default: %d)"
                                   % constants.DEFAULT_SHUTDOWN_TIMEOUT)
+NET_MAP_OPT = cli_option("--net-map", dest="net_map", default=[], action="append",
+                         metavar="<source network>=<link>|network:<name>",
+                         help="Put the NICs of the package's network on this link"
+                         " (bridge) or Ganeti network; may be repeated (default:"
+                         " the cluster's NIC parameters, with a warning)")
 QUIET_OPT = cli_option("-q", "--quiet", dest="quiet", default=False, action="store_true",
                        help="Show no progress (default: bytes done, rate and time left,"
                        " redrawn on a terminal, a line every 5 seconds elsewhere)")
@@ -172,7 +177,7 @@ import_opts = [
     NAME_OPT, OUTPUT_DIR_OPT, RESULT_OUTPUT_OPT, QUIET_OPT, cli.BACKEND_OPT,
     cli.HYPERVISOR_OPT, cli.OS_OPT,
     cli.OSPARAMS_OPT, cli.DISK_TEMPLATE_OPT, cli.DISK_OPT, cli.NET_OPT,
-    cli.NONICS_OPT, cli.TAG_ADD_OPT, SYSTEM_OPT, PROFILE_OPT, REPLACE_OPT,
+    cli.NONICS_OPT, NET_MAP_OPT, cli.TAG_ADD_OPT, SYSTEM_OPT, PROFILE_OPT, REPLACE_OPT,
     REQUIRE_MANIFEST_OPT, TRUST_STORE_OPT, REQUIRE_SIGNATURE_OPT, MAX_DISK_SIZE_OPT,
     KEEP_HOST_PARAMS_OPT, cli.VERBOSE_OPT,
     # --submit-import and the job's options, as gnt-backup import spells them
@@ -349,6 +354,20 @@ def _blank_disks(values) -> dict:
     return sizes
 
 
+def _net_map(values: list) -> dict:
+    """--net-map NAME=TARGET options as {NAME: TARGET}."""
+    mapping = {}
+    for value in values:
+        source, sep, target = value.rpartition("=")
+        if not sep or not source or not target:
+            raise OptionError("--net-map %s: expected SOURCE-NETWORK=LINK or"
+                              " SOURCE-NETWORK=network:NAME" % value)
+        if source in mapping:
+            raise OptionError("--net-map %s given twice" % source)
+        mapping[source] = target
+    return mapping
+
+
 def _overrides(opts) -> ImportOverrides:
     hypervisor, hv_params = None, {}
     if opts.hypervisor:
@@ -363,7 +382,9 @@ def _overrides(opts) -> ImportOverrides:
         hypervisor_params=hv_params, os_name=opts.os, os_params=opts.osparams,
         backend_params=opts.beparams, blank_disks=_blank_disks(opts.disks),
         nics=_indexed(opts.nics, "--net"), no_nics=opts.no_nics, tags=tags,
-        keep_host_params=opts.keep_host_params,
+        net_map=_net_map(opts.net_map),
+        keep_host_params=opts.keep_host_params, name_check=opts.name_check,
+        force=opts.force,
         default_hypervisor=hardware_map.cluster_default_hypervisor())
 
 
@@ -413,7 +434,10 @@ def ImportPackage(opts, args):
             ToStdout("Instance %s imported on %s in %.1f s (%s)", direct.name, direct.node,
                      direct.seconds, "started" if opts.start else "stopped")
         return 0
-    result = importer.import_package(request, feedback, _progress_stream(opts))
+    check = None
+    if opts.submit_import:  # with --via-export: the job's checks come first
+        check = lambda plan: instance.check_create(plan.system, opts, feedback)  # noqa: E731
+    result = importer.import_package(request, feedback, _progress_stream(opts), check)
     name = result.plan.system.name
     if not as_json:
         _written(result)

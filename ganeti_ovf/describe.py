@@ -139,6 +139,24 @@ def to_json(document: dict) -> str:
     return json.dumps(document, indent=2, sort_keys=True)
 
 
+MIB = 1024 ** 2
+_UNITS = (("TiB", 1024 ** 4), ("GiB", 1024 ** 3), ("MiB", MIB), ("KiB", 1024))
+
+
+def human_size(size: int) -> str:
+    """A size as people read it: "4 GiB", "1.5 TiB", "512 MiB", "700 bytes"."""
+    for unit, scale in _UNITS:
+        if size >= scale:
+            value = size / scale
+            text = ("%.2f" % value).rstrip("0").rstrip(".")
+            return "%s %s" % (text, unit)
+    return "%d bytes" % size
+
+
+def _known(value) -> str:
+    return "unknown" if value is None else str(value)
+
+
 def to_text(document: dict) -> str:
     """The human rendering of an info document."""
     lines = ["Package: %s (%s, OVF %s)" % (document["package"], document["kind"],
@@ -178,16 +196,19 @@ def to_text(document: dict) -> str:
             os_info["ganeti_os"], os_info["description"],
             "CIM %s" % os_info["cim_id"] if os_info["cim_id"] is not None else None)
             if v) or "unknown"))
-        lines.append("  vCPUs: %s, memory: %s MiB" % (system["vcpus"], system["memory_mib"]))
+        lines.append("  vCPUs: %s, memory: %s" % (
+            _known(system["vcpus"]),
+            human_size(system["memory_mib"] * MIB) if system["memory_mib"] else "unknown"))
         for index, disk in enumerate(system["disks"]):
-            source = "blank" if disk["blank"] else "%s%s%s" % (
+            source = "blank" if disk["blank"] else "%s%s%s%s" % (
                 disk["file"], ", gzip" if disk["compression"] == "gzip" else "",
-                ", chunked" if disk["chunk_size"] else "")
-            lines.append("  disk/%d: %s, %d bytes (%s)" % (
-                index, disk["id"], disk["capacity"], source))
+                ", chunked" if disk["chunk_size"] else "",
+                ", MISSING from the package" if disk["present"] is False else "")
+            lines.append("  disk/%d: %s, %s (%s)" % (
+                index, disk["id"], human_size(disk["capacity"]), source))
         for index, nic in enumerate(system["nics"]):
             lines.append("  nic/%d: network %s, MAC %s, model %s" % (
-                index, nic["network"], nic["mac"], nic["model"]))
+                index, _known(nic["network"]), _known(nic["mac"]), _known(nic["model"])))
         if system["ganeti"]:
             ganeti = system["ganeti"]
             lines.append("  Ganeti: OS %s, template %s, hypervisor %s, tags %s" % (

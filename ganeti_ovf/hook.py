@@ -169,7 +169,27 @@ def _instance_lock(job: Job) -> int:
     return fd
 
 
-def _convert(job: Job) -> str:
+class _StatusProgress:
+    """A stream for progress.Progress that puts each line in the running
+    conversion's status record, where `gnt-ovf status` shows it."""
+
+    def __init__(self, job: Job, record: status.Conversion) -> None:
+        self.job, self.record = job, record
+
+    def write(self, text: str) -> None:
+        text = text.strip()
+        if text:
+            self.record = self.record.with_state(status.RUNNING, progress=text)
+            try:
+                status.write(self.job.status_dir, self.record)
+            except status.StatusError as err:  # progress is never worth failing for
+                logging.warning("%s", err)
+
+    def flush(self) -> None:
+        pass
+
+
+def _convert(job: Job, progress_stream=None) -> str:
     config, record = job.config, job.record
     for name, fd in job.pending:
         _copy_fd(fd, os.path.join(job.spool, name))
@@ -188,7 +208,8 @@ def _convert(job: Job) -> str:
             ovf_version=config.ovf_version)
         result = exporter.export_package(
             request, lambda message: logging.info("%s: %s", record.conversion_id,
-                                                  printable(message)))
+                                                  printable(message)),
+            progress_stream)
         if config.ova:
             return staging.publish_file(os.path.basename(result.path))
         publish.rename_noreplace(result.path, staging.target)
@@ -221,8 +242,8 @@ def run_job(job: Job) -> status.Conversion:
             status.write(job.status_dir, record)
             logging.info("%s: converting the export of %s", record.conversion_id,
                          record.instance)
-            output = _convert(job)
-            record = record.with_state(status.DONE, output=output)
+            output = _convert(job, _StatusProgress(job, record))
+            record = record.with_state(status.DONE, output=output, progress=None)
             status.write(job.status_dir, record)
             logging.info("%s: done: %s", record.conversion_id, output)
             for old in rotate(job.config.output_dir, record.instance, job.config.keep):

@@ -149,9 +149,13 @@ def check_manifest(package: Package, referenced: list, require: bool,
 
 
 def import_package(request: ImportRequest, feedback: Feedback,
-                   progress_stream: Optional[TextIO] = None) -> ImportResult:
+                   progress_stream: Optional[TextIO] = None,
+                   before_convert: Optional[Callable[[Plan], None]] = None) -> ImportResult:
     """Convert an OVF/OVA package into a Ganeti export directory; the
-    conversion's progress is shown on `progress_stream` (see progress.py)."""
+    conversion's progress is shown on `progress_stream` (see progress.py).
+    `before_convert(plan)` runs once everything is checked, before the
+    first disk byte is converted (the cluster's own checks of the job that
+    will import it)."""
     output_dir = publish.output_directory(request.output_dir)
     for name in publish.clean_stale_staging(output_dir):
         logging.info("Removed staging left by an interrupted run: %s", name)
@@ -164,6 +168,8 @@ def import_package(request: ImportRequest, feedback: Feedback,
         _check_free_space(output_dir, [m for ms in members.values() for m in ms])
         for warning in warnings:
             feedback("WARNING: %s" % warning)
+        if before_convert is not None:
+            before_convert(plan)
 
         name = plan.system.name
         staging.name = name

@@ -56,6 +56,9 @@ class ImportOverrides:
     backend_params: dict = field(default_factory=dict)
     blank_disks: dict = field(default_factory=dict)  # index -> size in bytes
     nics: dict = field(default_factory=dict)  # index -> {option: value}
+    # --net-map: the package's network name -> a link ("br0") or a Ganeti
+    # network ("network:NAME") for every NIC on it.
+    net_map: dict = field(default_factory=dict)
     no_nics: bool = False
     tags: Optional[tuple] = None
     keep_host_params: bool = False
@@ -63,6 +66,11 @@ class ImportOverrides:
     # the hardware mapping's target when neither the operator nor the package
     # names one.
     default_hypervisor: Optional[str] = None
+    # Whether Ganeti will check that the name resolves (gnt-backup import
+    # and instance creation do, unless told --no-name-check).
+    name_check: bool = True
+    # -f: -t diskless may drop the package's disks.
+    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,15 @@ def instance_name(name: Optional[str]) -> str:
         raise _fail("the package names no virtual system; give --name")
     return _ganeti_check("instance name %r (use --name to choose another)" % name,
                          netutils.Hostname.GetNormalizedName, name)
+
+
+def resolves(name: str) -> bool:
+    """Whether `name` resolves as Ganeti's name check will try it."""
+    try:
+        netutils.GetHostname(name=name)
+    except (errors.ResolverError, errors.OpPrereqError):  # Ganeti wraps the first
+        return False
+    return True
 
 
 def disk_template(template: Optional[str]) -> Optional[str]:
@@ -184,30 +201,32 @@ def _merge(base: Params, overrides: dict, what: str) -> Params:
     return tuple(merged.items())
 
 
-def nic_settings(index: int, options: dict, base: Nic) -> Nic:
-    """Apply one --net N:... option to a NIC, with Ganeti's checks."""
+def nic_settings(index: int, options: dict, base: Nic, label: Optional[str] = None) -> Nic:
+    """Apply one --net N:... option to a NIC, with Ganeti's checks (of the
+    package's own values too: `label` names where they come from)."""
+    label = label or "--net %d" % index
     options = dict(options)
     unknown = set(options) - set(constants.INIC_PARAMS)
     if unknown:
-        raise _fail("--net %d: unknown option(s) %s" % (index, ", ".join(sorted(unknown))))
-    _ganeti_check("--net %d" % index, utils.ForceDictType, options,
+        raise _fail("%s: unknown option(s) %s" % (label, ", ".join(sorted(unknown))))
+    _ganeti_check(label, utils.ForceDictType, options,
                   constants.INIC_PARAMS_TYPES)
     mode = options.get(constants.INIC_MODE, base.mode)
     if mode is not None and mode not in constants.NIC_VALID_MODES:
-        raise _fail("--net %d: mode %r is not one of %s"
-                    % (index, mode, ", ".join(sorted(constants.NIC_VALID_MODES))))
+        raise _fail("%s: mode %r is not one of %s"
+                    % (label, mode, ", ".join(sorted(constants.NIC_VALID_MODES))))
     ip = options.get(constants.INIC_IP, base.ip)
     if ip is not None and ip.lower() not in (constants.VALUE_NONE, constants.NIC_IP_POOL) \
             and not netutils.IPAddress.IsValid(ip):
-        raise _fail("--net %d: invalid IP address %r" % (index, ip))
+        raise _fail("%s: invalid IP address %r" % (label, ip))
     network = options.get(constants.INIC_NETWORK, base.ganeti_network)
     link = options.get(constants.INIC_LINK, base.link)
     if network and (constants.INIC_MODE in options or constants.INIC_LINK in options):
-        raise _fail("--net %d: a network and a mode or link cannot be given together"
-                    % index)
+        raise _fail("%s: a network and a mode or link cannot be given together"
+                    % label)
     if network:
         mode, link = None, None
-    mac = mac_address(options.get(constants.INIC_MAC, base.mac), "--net %d mac" % index)
+    mac = mac_address(options.get(constants.INIC_MAC, base.mac), "%s mac" % label)
     return dataclasses.replace(base, mode=mode, link=link, ip=ip, ganeti_network=network,
                                mac=mac, vlan=options.get(constants.INIC_VLAN, base.vlan),
                                name=options.get(constants.INIC_NAME, base.name))
@@ -220,7 +239,15 @@ def make_plan(system: VirtualSystem, overrides: ImportOverrides) -> Plan:
     package = system.ganeti or GanetiSettings()
 
     name = instance_name(overrides.name or system.name or system.system_id)
+    if overrides.name_check and not resolves(name):
+        warnings.append("instance name %s does not resolve (DNS or /etc/hosts): Ganeti"
+                        " will refuse it unless imported with --no-name-check; or choose"
+                        " a name that resolves with --name" % name)
     template = disk_template(overrides.disk_template or package.disk_template)
+    if template == constants.DT_DISKLESS and system.disks and not overrides.force:
+        raise _fail("-t diskless would drop the package's %d disk%s: use -f to import"
+                    " without them" % (len(system.disks), "s" if len(system.disks) > 1
+                                       else ""))
 
     hv_name = hypervisor_name(overrides.hypervisor or package.hypervisor)
     hv_params = _filter_host_params(package.hypervisor_params, "hypervisor",
@@ -255,7 +282,7 @@ def make_plan(system: VirtualSystem, overrides: ImportOverrides) -> Plan:
     chosen_tags = tags(overrides.tags if overrides.tags is not None else package.tags)
 
     disks = _plan_disks(system, overrides, template)
-    nics = _plan_nics(system, overrides)
+    nics = _plan_nics(system, overrides, warnings)
 
     if dropped:
         warnings.append("parameters from the package not applied (they name host"
@@ -328,7 +355,10 @@ def _plan_disks(system: VirtualSystem, overrides: ImportOverrides,
     return system.disks
 
 
-def _plan_nics(system: VirtualSystem, overrides: ImportOverrides) -> tuple:
+NET_MAP_NETWORK = "network:"  # --net-map NAME=network:NET names a Ganeti network
+
+
+def _plan_nics(system: VirtualSystem, overrides: ImportOverrides, warnings: list) -> tuple:
     if overrides.no_nics:
         if overrides.nics:
             raise _fail("--no-nics and --net cannot be used together")
@@ -341,13 +371,32 @@ def _plan_nics(system: VirtualSystem, overrides: ImportOverrides) -> tuple:
                         % (top - 1, constants.MAX_NICS))
         while len(nics) < top:
             nics.append(Nic())
-    planned = []
+    unknown = sorted(set(overrides.net_map) - {nic.network for nic in nics})
+    if unknown:
+        raise _fail("--net-map %s: the package has no such network (it has: %s)"
+                    % (unknown[0], ", ".join(sorted({str(nic.network) for nic in nics
+                                                      if nic.network})) or "none"))
+    planned, unmapped = [], set()
     for index, nic in enumerate(nics):
         if index in overrides.nics:
             nic = nic_settings(index, overrides.nics[index], nic)
+        elif nic.network in overrides.net_map:
+            target = overrides.net_map[nic.network]
+            option = {constants.INIC_NETWORK: target[len(NET_MAP_NETWORK):]} \
+                if target.startswith(NET_MAP_NETWORK) else {constants.INIC_LINK: target}
+            nic = nic_settings(index, option, nic, "--net-map %s" % nic.network)
         else:
-            nic = dataclasses.replace(nic, mac=mac_address(nic.mac, "NIC %d MAC" % index))
+            # The package's own values pass Ganeti's checks as the options do.
+            nic = nic_settings(index, {}, nic, "the package's NIC %d" % index)
+            if nic.network and not (nic.link or nic.ganeti_network):
+                unmapped.add(nic.network)
         planned.append(nic)
+    if unmapped:
+        warnings.append("source network%s %s not mapped (--net-map 'NAME=LINK' or"
+                        " 'NAME=network:NET'): %s the cluster's default NIC mode and link"
+                        % ("s" if len(unmapped) > 1 else "",
+                           ", ".join(repr(name) for name in sorted(unmapped)),
+                           "their NICs get" if len(unmapped) > 1 else "its NICs get"))
     if len(planned) > constants.MAX_NICS:
         raise _fail("the package has %d NICs; Ganeti allows %d"
                     % (len(planned), constants.MAX_NICS))

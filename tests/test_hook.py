@@ -22,6 +22,7 @@ from packaging import MIB, build_package, run_gnt_ovf, sha256_file
 from ganeti_ovf import hook
 from ganeti_ovf.cluster import hook_config, status
 from ganeti_ovf.cluster.hook_config import HookConfig, HookError, HookEvent
+from ganeti_ovf.progress import Progress
 
 THIS = "node1.example.com"
 EXPORT_ENV = {
@@ -284,6 +285,27 @@ def test_snapshot_survives_the_export_being_replaced(tmp_path, ganeti_export_dir
     done = hook.run_job(job)
     assert done.state == status.DONE
     assert imported_digest(tmp_path, done.output) == digest
+
+
+def test_running_conversion_shows_its_progress_in_status(tmp_path, ganeti_export_dir,
+                                                          monkeypatch):
+    export_path, _digest = ganeti_export_dir
+    monkeypatch.setattr(Progress, "LOG_INTERVAL", 0.0)
+    written = []
+    real_write = status.write
+
+    def keep(directory, record):
+        written.append(record)
+        return real_write(directory, record)
+    monkeypatch.setattr(status, "write", keep)
+    job = make_job(tmp_path, export_path, now=1_700_000_000.0)
+    done = hook.run_job(job)
+    assert done.state == status.DONE and done.progress is None
+    shown = [r for r in written if r.state == status.RUNNING and r.progress]
+    assert shown and shown[-1].progress.startswith("Disks: 0.02 of 0.02 GiB (100 %), ")
+    # What `gnt-ovf status` prints for a running conversion.
+    table = status.to_text(status.to_rows([shown[0]]))
+    assert shown[0].progress in table.splitlines()[1]
 
 
 def test_unlinkable_files_copied_from_open_descriptors(tmp_path, ganeti_export_dir,

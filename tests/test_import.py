@@ -73,10 +73,15 @@ def test_sparse_output(tmp_path):
 def test_design_document_example(tmp_path):
     package, _ = build_package(str(tmp_path / "pkg"))
     out = str(tmp_path / "out")
-    run_gnt_ovf("import", package, "--output-dir", out, "--disk-template=diskless",
-                "--os-type=lenny-image", "--backend=vcpus=1,memory=512,auto_balance",
-                "-H", "xen-pvm", "--net=0:mode=bridged,link=xen-br0", "--name=xen.i1",
-                check=True)
+    args = ["import", package, "--output-dir", out, "--disk-template=diskless",
+            "--os-type=lenny-image", "--backend=vcpus=1,memory=512,auto_balance",
+            "-H", "xen-pvm", "--net=0:mode=bridged,link=xen-br0", "--name=xen.i1"]
+    # The package has a disk: diskless would drop it, so it takes -f.
+    refused = run_gnt_ovf(*args)
+    assert refused.returncode == 1
+    assert "Failure: -t diskless would drop the package's 1 disk: use -f to import" \
+        " without them" in refused.stderr
+    run_gnt_ovf(*args, "-f", check=True)
     directory, cfg = imported(out, "xen.i1")
     assert cfg.get("instance", "disk_template") == "diskless"
     assert cfg.get("instance", "disk_count") == "0"

@@ -23,7 +23,8 @@ def test_design_document_example():
     overrides = ImportOverrides(
         disk_template="diskless", os_name="lenny-image", hypervisor="xen-pvm",
         backend_params={"vcpus": "1", "memory": "512", "auto_balance": True},
-        nics={0: {"mode": "bridged", "link": "xen-br0"}}, name="xen.i1")
+        nics={0: {"mode": "bridged", "link": "xen-br0"}}, name="xen.i1",
+        force=True)  # -t diskless drops the package's disk only when forced
     result = make_plan(SYSTEM, overrides).system
     assert result.name == "xen.i1"
     assert result.disks == ()
@@ -103,3 +104,50 @@ def test_is_host_param():
     assert plan.is_host_param("kvm-extra")
     assert not plan.is_host_param("root-path")
     assert not plan.is_host_param("acpi")
+
+
+def test_diskless_with_disks_refused_unless_forced():
+    with pytest.raises(OptionError, match="-t diskless would drop the package's 1 disk:"
+                       " use -f to import without them"):
+        make_plan(SYSTEM, ImportOverrides(disk_template="diskless"))
+    assert make_plan(SYSTEM, ImportOverrides(disk_template="diskless",
+                                             force=True)).system.disks == ()
+
+
+def test_unresolvable_name_warned_unless_not_checked():
+    warned = make_plan(SYSTEM, ImportOverrides(name="nowhere.invalid")).warnings
+    assert [w for w in warned if w.startswith(
+        "instance name nowhere.invalid does not resolve (DNS or /etc/hosts): Ganeti will"
+        " refuse it unless imported with --no-name-check; or choose a name that"
+        " resolves with --name")]
+    quiet = make_plan(SYSTEM, ImportOverrides(name="nowhere.invalid", name_check=False))
+    assert not [w for w in quiet.warnings if "does not resolve" in w]
+    assert not [w for w in make_plan(SYSTEM, ImportOverrides(name="localhost")).warnings
+                if "does not resolve" in w]
+
+
+def test_net_map_sets_link_or_network_and_unmapped_networks_warned():
+    system = VirtualSystem(system_id="vm", name="appliance", nics=(
+        Nic(network="VM Network"), Nic(network="Backup"), Nic(network="VM Network"),
+        Nic(network="Storage")))
+    result = make_plan(system, ImportOverrides(net_map={"VM Network": "br0",
+                                                        "Backup": "network:backnet"}))
+    nics = result.system.nics
+    assert [(n.link, n.ganeti_network) for n in nics] == [
+        ("br0", None), (None, "backnet"), ("br0", None), (None, None)]
+    assert [w for w in result.warnings if w.startswith(
+        "source network 'Storage' not mapped (--net-map 'NAME=LINK' or"
+        " 'NAME=network:NET'): its NICs get the cluster's default NIC mode and link")]
+    with pytest.raises(OptionError, match="--net-map Nope: the package has no such network"
+                       r" \(it has: Backup, Storage, VM Network\)"):
+        make_plan(system, ImportOverrides(net_map={"Nope": "br0"}))
+
+
+@pytest.mark.parametrize("nic, rule", [
+    (Nic(network="n", mode="evilmode"), "the package's NIC 0: mode 'evilmode' is not one of"),
+    (Nic(network="n", ip="999.999.1.1"), "the package's NIC 0: invalid IP address"),
+], ids=["mode", "ip"])
+def test_package_nic_values_pass_ganetis_checks(nic, rule):
+    system = VirtualSystem(system_id="vm", name="appliance", nics=(nic,))
+    with pytest.raises(OptionError, match=rule):
+        make_plan(system, ImportOverrides())

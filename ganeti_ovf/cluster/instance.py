@@ -103,6 +103,23 @@ def create_opcode(system: VirtualSystem, sizes_mib: Sequence[int], opts,
         identify_defaults=opts.identify_defaults)
 
 
+def check_create(system: VirtualSystem, opts, feedback: Feedback) -> None:
+    """Ask Ganeti to check, without doing it, the instance creation that an
+    import through an export directory will submit once the disks are
+    converted: node, OS, disk template, networks, MACs in use, the name
+    and the space the disks need, before any disk byte is read."""
+    pnode, snode = cli.SplitNodeOption(opts.node) if opts.node else (None, None)
+    op = create_opcode(system, [max(1, -(-disk.capacity // 2 ** 20)) for disk in system.disks],
+                       opts, pnode, snode)
+    op.dry_run = True
+    feedback("Checking the import with the cluster (a dry run)")
+    try:
+        cli.SubmitOpCode(op, opts=opts, feedback_fn=lambda message: None)
+    except errors.GenericError as err:
+        raise OptionError("the cluster would refuse to import %s: %s"
+                          % (system.name, first_line(err)))
+
+
 class InstanceJobs:
     """Ganeti's side of one direct import, through one luxi client."""
 

@@ -41,6 +41,7 @@ _FIELD_TYPES = {
     "created": (int, float), "updated": (int, float),
     "pid": (int, type(None)), "pid_start": (str, type(None)),
     "output": (str, type(None)), "error": (str, type(None)),
+    "progress": (str, type(None)),
 }
 
 
@@ -61,6 +62,7 @@ class Conversion:
     pid_start: Optional[str] = None  # the worker's /proc start time: pid reuse
     output: Optional[str] = None
     error: Optional[str] = None
+    progress: Optional[str] = None  # while running: bytes done, rate, time left
 
     def with_state(self, state: str, **changes) -> "Conversion":
         return dataclasses.replace(self, state=state, updated=time.time(), **changes)
@@ -235,7 +237,8 @@ def to_text(rows: list) -> str:
         return "No conversions."
     table = [("Conversion", "Instance", "State", "Updated", "Output/Reason")]
     for row in rows:
-        detail = row["output"] if row["state"] == DONE else (row["error"] or "")
+        detail = row["output"] if row["state"] == DONE else (
+            row["error"] or (row.get("progress") or "" if row["state"] == RUNNING else ""))
         table.append((row["conversion_id"], row["instance"], row["state"],
                       _when(row["updated"]), detail))
     widths = [max(len(line[column]) for line in table) for column in range(4)]

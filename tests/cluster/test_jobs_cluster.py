@@ -136,3 +136,21 @@ def test_submit_import_refused_before_converting(ganeti_cluster, exported):
     assert "--submit-import --via-export needs --node" in result.stderr
     result = gnt_ovf(ganeti_cluster, "import", "--src-node", NODE, ova, check=False)
     assert "Failure: --src-node applies only with --submit-import" in result.stderr
+
+
+def test_cluster_checks_run_before_converting(ganeti_cluster, exported):
+    # The package carries the source instance's MAC, still in use: the
+    # cluster's dry run refuses it before a disk byte is converted.
+    cluster = ganeti_cluster
+    ova, _digest = exported
+    copy = "jobcopy4.example.com"
+    result = gnt_ovf(cluster, "import", "--submit-import", "--via-export", "-n", NODE,
+                     "--name", copy, *JOB_OPTS, ova, check=False)
+    assert result.returncode == 1, result.stderr
+    failures = [line for line in result.stderr.splitlines() if line.startswith("Failure: ")]
+    assert len(failures) == 1, result.stderr
+    assert failures[0].startswith("Failure: the cluster would refuse to import %s: " % copy)
+    assert "MAC" in failures[0] or "mac" in failures[0], failures[0]
+    assert not os.path.exists(cluster.host_path("/var/lib/ganeti/export/" + copy))
+    assert copy not in cluster.run(["gnt-instance", "list", "--no-headers", "-o",
+                                    "name"]).stdout
