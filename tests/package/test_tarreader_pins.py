@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_package_reader import DESCRIPTOR, END, entry, header, open_error, ova, pax_record
 
+from ganeti_ovf.errors import PackageError
 from ganeti_ovf.package import tarreader
 from ganeti_ovf.package.reader import Package
 
@@ -155,3 +156,20 @@ def test_data_ending_at_end_of_file_is_read_then_end_marker_missing(tmp_path: Pa
     blocks = header(b"vm.ovf", 513) + b"x" * 512
     message = open_error(ova(tmp_path, blocks, "b.ova"))
     assert "the data of the entry at offset 0 (513 bytes) ends past the end" in message
+
+
+def test_number_fields():
+    # GNU base-256: the sign bit refused, the six bits after it are value bits.
+    assert tarreader._parse_number(b"\x81" + bytes(11), "w", "size") == 1 << 88
+    assert tarreader._parse_number(b"\xbf" + b"\xff" * 11, "w", "size") == (1 << 94) - 1
+    with pytest.raises(PackageError, match="negative size"):
+        tarreader._parse_number(b"\xc0" + bytes(11), "w", "size")
+    # An empty octal field is 0, as tar reads it.
+    assert tarreader._parse_number(bytes(12), "w", "size") == 0
+    assert tarreader._parse_number(b" 17 \0", "w", "size") == 15
+
+
+def test_empty_size_field_is_a_zero_length_member(tmp_path: Path):
+    blocks = entry(b"vm.ovf", DESCRIPTOR) + header(b"empty", size_field=bytes(12)) + END
+    package = Package.open(ova(tmp_path, blocks))
+    assert package.member("empty").size == 0
