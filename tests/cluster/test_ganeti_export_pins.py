@@ -80,6 +80,7 @@ def test_nic_count_bound(tmp_path):
     nics = "".join("nic%d_mac = aa:00:00:00:00:%02x\n" % (i, i) for i in range(9))
     export = read(tmp_path, HEAD + nics)
     assert len(export.system.nics) == constants.MAX_NICS == 8
+    assert export.system.nics[7].mac == "aa:00:00:00:00:07"
     gap = "nic0_mac = auto\nnic2_mac = aa:00:00:00:00:02\n"
     export = read(tmp_path, HEAD + gap)
     assert export.system.nics == (Nic(),)  # Ganeti stops at the first missing MAC
@@ -208,3 +209,20 @@ def test_dump_must_be_a_regular_file(tmp_path):
     blank = ExportedDisk(None, 1)
     with pytest.raises(ConfigError, match="a disk has no dump file"):
         ganeti_export.dump_path(export, blank)
+
+
+@pytest.mark.parametrize("value, expected", [("auto", None), ("Generate", None),
+                                             ("aa:00:00:00:00:01", "aa:00:00:00:00:01")])
+def test_nic_mac_generated_or_kept(tmp_path, value, expected):
+    assert read(tmp_path, HEAD + "nic0_mac = %s\n" % value).system.nics[0].mac == expected
+
+
+def test_under_export_dir(tmp_path):
+    export_dir = tmp_path / "export"
+    (export_dir / "inst").mkdir(parents=True)
+    os.symlink(str(tmp_path), str(export_dir / "escape"))
+    assert ganeti_export.under_export_dir(str(export_dir / "inst"), str(export_dir))
+    assert ganeti_export.under_export_dir(str(export_dir), str(export_dir))
+    assert not ganeti_export.under_export_dir(str(tmp_path / "other"), str(export_dir))
+    assert not ganeti_export.under_export_dir(str(export_dir / "escape" / "x"),
+                                              str(export_dir))
