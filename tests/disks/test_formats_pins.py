@@ -1,0 +1,202 @@
+"""Pins of formats.py's rules that a mutation run found untested: every
+format refused by name is recognised at its offset, and the numeric bounds of
+the header checks hold from both sides (qcow2 cluster size, VMDK grain size,
+VHD and VDI sizes, VDI block counts and parent UUIDs).  Images come from
+qemu-img (test_formats.py's helpers), patched where a bound is tested.
+"""
+
+import struct
+
+import pytest
+from test_formats import create, patch, refused, whole
+
+from ganeti_ovf.disks import formats
+
+MIB = 1024 ** 2
+
+
+def accepted(path) -> formats.DiskImage:
+    return formats.inspect(whole(path))
+
+
+# ------------------------------------------------------------------ refused by name
+
+
+MAGICS = [fmt for fmt in formats.FORMATS if isinstance(fmt, formats._Magic)]
+
+
+@pytest.mark.parametrize("fmt", MAGICS, ids=[fmt.name for fmt in MAGICS])
+def test_every_refused_format_recognised_at_its_offset(tmp_path, fmt):
+    for number, magic in enumerate(fmt.magics):
+        path = tmp_path / ("%s-%d.img" % (fmt.name, number))
+        path.write_bytes(b"\x01" * fmt.offset + magic + b"\x01" * 40000)
+        refused(whole(path), "refused %s image: %s" % (fmt.name, fmt.checks[0].reason))
+        # The same bytes one byte later are not this format.
+        path.write_bytes(b"\x01" * (fmt.offset + 1) + magic + b"\x01" * 40000)
+        assert accepted(path).format == "raw"
+
+
+# ------------------------------------------------------------------ qcow2
+
+
+@pytest.mark.parametrize("bits, ok", [(8, False), (9, True), (16, True), (21, True),
+                                      (22, False)])
+def test_qcow2_cluster_size_bounds(tmp_path, bits, ok):
+    path = create(tmp_path, "d.qcow2", "qcow2")
+    patch(path, 20, struct.pack(">I", bits))
+    if ok:
+        assert accepted(path).virtual_size == 4 * MIB
+    else:
+        refused(whole(path), "refused qcow2 image: cluster size out of range")
+
+
+@pytest.mark.parametrize("version, ok", [(1, None), (2, True), (3, True), (4, False)])
+def test_qcow2_versions(tmp_path, version, ok):
+    options = ("-o", "compat=0.10") if version < 3 else ()
+    path = create(tmp_path, "d.qcow2", "qcow2", "4M", *options)
+    patch(path, 4, struct.pack(">I", version))
+    if ok is None:
+        refused(whole(path), "refused qcow image: qcow version 1 is not supported")
+    elif ok:
+        assert accepted(path).format == "qcow2"
+    else:
+        refused(whole(path), "refused qcow2 image: unsupported version")
+
+
+def test_qcow2_header_extension_bounds(tmp_path):
+    path = create(tmp_path, "d.qcow2", "qcow2")
+    # 112 is qemu-img's own; 72 (version 2's length) reads the zero feature
+    # bits as the end of the chain.
+    for length, ok in ((64, False), (72, True), (112, True), (116, False), (65536, False)):
+        patch(path, 100, struct.pack(">I", length))
+        if ok:
+            assert accepted(path).format == "qcow2"
+        else:
+            refused(whole(path), "malformed header extensions")
+
+
+# ------------------------------------------------------------------ VMDK
+
+
+@pytest.mark.parametrize("grain, ok", [(0, False), (1, True), (3, False), (0x200000, True),
+                                       (0x400000, False)])
+def test_vmdk_grain_size_bounds(tmp_path, grain, ok):
+    path = create(tmp_path, "d.vmdk", "vmdk")
+    patch(path, 20, struct.pack("<Q", grain))
+    if ok:
+        assert accepted(path).format == "vmdk"
+    else:
+        refused(whole(path), "grain size not a power of two up to 1 GiB")
+
+
+@pytest.mark.parametrize("version, ok", [(0, False), (1, True), (3, True), (4, False)])
+def test_vmdk_versions(tmp_path, version, ok):
+    path = create(tmp_path, "d.vmdk", "vmdk")
+    patch(path, 4, struct.pack("<I", version))
+    if ok:
+        assert accepted(path).format == "vmdk"
+    else:
+        refused(whole(path), "unsupported sparse header version")
+
+
+def test_vmdk_details_name_the_extent(tmp_path):
+    path = create(tmp_path, "d.vmdk", "vmdk")
+    details = accepted(path).details
+    assert details["extent"] == "d.vmdk" and details["createType"] == "monolithicSparse"
+
+
+def test_vmdk_compression_values(tmp_path):
+    path = create(tmp_path, "d.vmdk", "vmdk")
+    patch(path, 77, struct.pack("<H", 1))
+    assert accepted(path).format == "vmdk"
+    patch(path, 77, struct.pack("<H", 2))
+    refused(whole(path), "unknown compression algorithm")
+
+
+# ------------------------------------------------------------------ VHD
+
+
+def set_vhd_size(path, size: int) -> None:
+    """Set current size in every footer copy and fix their checksums."""
+    total = path.stat().st_size
+    for offset in (0, total - 512):
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            footer = bytearray(handle.read(512))
+        if not footer.startswith(b"conectix"):
+            continue
+        footer[48:56] = struct.pack(">Q", size)
+        footer[64:68] = bytes(4)
+        footer[64:68] = struct.pack(">I", ~sum(footer) & 0xFFFFFFFF)
+        patch(path, offset, bytes(footer))
+
+
+@pytest.mark.parametrize("size, ok", [(0, False), (1, True)])
+def test_vhd_size_bound(tmp_path, size, ok):
+    path = create(tmp_path, "d.vhd", "vpc", "4M", "-o", "subformat=fixed")
+    set_vhd_size(path, size)
+    if ok:
+        assert accepted(path).virtual_size == size
+    else:
+        refused(whole(path), "refused vpc image: zero size")
+
+
+def test_vhd_dynamic_header_required(tmp_path):
+    path = create(tmp_path, "d.vhd", "vpc", "4M", "-o", "subformat=dynamic")
+    assert accepted(path).details["subformat"] == "dynamic"
+    patch(path, 512, b"xxsparse")
+    refused(whole(path), "dynamic disk header missing")
+
+
+# ------------------------------------------------------------------ VDI
+
+
+def test_vdi_parent_uuid_every_byte(tmp_path):
+    for offset in (424, 439, 440, 455):
+        path = create(tmp_path, "d%d.vdi" % offset, "vdi")
+        patch(path, offset, b"\x01")
+        refused(whole(path), "refused vdi image: parent image set")
+    assert accepted(create(tmp_path, "clean.vdi", "vdi")).format == "vdi"
+
+
+@pytest.mark.parametrize("size, ok", [(0, False), (1, True)])
+def test_vdi_size_bound(tmp_path, size, ok):
+    path = create(tmp_path, "d.vdi", "vdi")
+    patch(path, 368, struct.pack("<Q", size))
+    if ok:
+        assert accepted(path).virtual_size == 1
+    else:
+        refused(whole(path), "refused vdi image: zero size")
+
+
+def test_vdi_block_counts(tmp_path):
+    path = create(tmp_path, "d.vdi", "vdi")
+    with open(path, "rb") as handle:
+        header = handle.read(392)
+    blocks, allocated = struct.unpack_from("<II", header, 384)
+    assert (blocks, allocated) == (4, 0)
+    # As many allocated blocks as blocks is fine; one more is not.
+    patch(path, 388, struct.pack("<I", blocks))
+    refused(whole(path), "truncated: the block map or data end")  # no data for them
+    patch(path, 388, struct.pack("<I", blocks + 1))
+    refused(whole(path), "block count out of range")
+
+
+def test_vdi_block_map_entries(tmp_path):
+    path = create(tmp_path, "d.vdi", "vdi")
+    with open(path, "rb") as handle:
+        header = handle.read(392)
+    bmap = struct.unpack_from("<I", header, 340)[0]
+    for entry, ok in ((formats.VDI_UNALLOCATED, True), (0xFFFFFFFF, True),
+                      (formats.VDI_UNALLOCATED - 1, False), (0, False)):
+        patch(path, bmap, struct.pack("<I", entry))
+        if ok:
+            assert accepted(path).format == "vdi"
+        else:
+            refused(whole(path), "block map entry past the allocated blocks")
+
+
+def test_vdi_sector_size(tmp_path):
+    path = create(tmp_path, "d.vdi", "vdi")
+    patch(path, 360, struct.pack("<I", 4096))
+    refused(whole(path), "sector size is not 512")
