@@ -1,0 +1,240 @@
+"""Pins of vmdkread.py's and vmdkstream.py's rules that a mutation run found
+untested: the header bounds the reader accepts (from both sides), a grain
+directory deferred to a footer that is missing or empty, compressed sizes,
+holes left in the output, progress reports; the writer's markers, geometry,
+trailing holes in the source and data across grain table boundaries.
+"""
+
+import os
+import random
+import struct
+import subprocess
+
+import pytest
+from test_vmdkread import by_vmdkstream, make_raw, read_to_raw, whole
+
+from ganeti_ovf.disks import vmdkread, vmdkstream
+from ganeti_ovf.errors import DiskError
+
+KIB = 1 << 10
+MIB = 1 << 20
+SECTOR = 512
+GT_SPAN = vmdkstream.GTES_PER_GT * vmdkstream.GRAIN  # 32 MiB of guest per table
+FLAGS = vmdkstream.FLAG_COMPRESSED | vmdkstream.FLAG_MARKERS
+
+
+def digest_of(path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def same_as_source(source, image, tmp_path) -> None:
+    out = read_to_raw(whole(image), tmp_path / "out.raw")
+    assert digest_of(out) == digest_of(source)
+
+
+# ------------------------------------------------------------------ reader: header bounds
+
+
+def geometry(size: int = MIB, **fields) -> vmdkread._Geometry:
+    """The reader's view of a header: a valid one, with `fields` changed."""
+    values = dict(magic=vmdkstream.MAGIC, version=3, flags=FLAGS, capacity=2048,
+                  grain=128, desc_offset=1, desc_size=20, gtes=512, rgd=0, gd=1,
+                  overhead=128, unclean=0, newlines=b"\n \r\n",
+                  compression=vmdkstream.COMPRESS_DEFLATE)
+    values.update(fields)
+    return vmdkread._Geometry("d.vmdk", tuple(values.values()), size)
+
+
+@pytest.mark.parametrize("fields", [
+    {"version": 1}, {"version": 3}, {"grain": 1}, {"grain": 32768}, {"gtes": 1},
+    {"gtes": 512}, {"capacity": 1}, {"gd": vmdkstream.GD_AT_END},
+])
+def test_header_bounds_accepted(fields):
+    geo = geometry(**fields)
+    assert geo.grain == geo.grain_sectors * SECTOR
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"version": 0}, "unsupported VMDK version 0"),
+    ({"version": 4}, "unsupported VMDK version 4"),
+    ({"grain": 0}, "grain size 0 sectors is not a power of two up to 32768"),
+    ({"grain": 65536}, "grain size 65536 sectors is not a power of two"),
+    ({"grain": 96}, "grain size 96 sectors is not a power of two"),
+    ({"gtes": 0}, "numGTEsPerGT 0 is not 1..512"),
+    ({"gtes": 513}, "numGTEsPerGT 513 is not 1..512"),
+    ({"capacity": 0}, "VMDK capacity is zero"),
+    ({"gd": 0}, "grain directory (1 entries at sector 0) lies outside the file"),
+    ({"gd": 2048}, "grain directory (1 entries at sector 2048) lies outside the file"),
+    ({"flags": vmdkstream.FLAG_COMPRESSED}, "not a streamOptimized VMDK"),
+    ({"flags": vmdkstream.FLAG_MARKERS}, "not a streamOptimized VMDK"),
+    ({"compression": 0}, "not a streamOptimized VMDK"),
+])
+def test_header_bounds_refused(fields, message):
+    with pytest.raises(DiskError) as info:
+        geometry(**fields)
+    assert str(info.value).startswith("d.vmdk: ") and message in str(info.value)
+
+
+def test_grain_directory_may_end_at_the_end_of_the_file():
+    # One entry of 4 bytes at sector 3: the file's last 4 bytes.
+    assert geometry(size=3 * SECTOR + 4, gd=3).gd_offset == 3 * SECTOR
+    with pytest.raises(DiskError, match="lies outside the file"):
+        geometry(size=3 * SECTOR + 3, gd=3)
+
+
+def test_limits_are_the_documented_ones():
+    assert vmdkread.MAX_GRAIN_BYTES == 16 * MIB and vmdkread.MAX_GTES_PER_GT == 512
+
+
+# ------------------------------------------------------------------ reader: footers
+
+
+@pytest.fixture
+def streamed(tmp_path):
+    rng = random.Random(3)
+    raw = make_raw(tmp_path / "src.raw", 2 * MIB, [(0, rng.randbytes(300 * KIB))])
+    return raw, by_vmdkstream(raw, tmp_path / "disk.vmdk")
+
+
+def test_footer_missing_while_the_header_defers_to_it(streamed, tmp_path):
+    _, image = streamed
+    size = os.path.getsize(image)
+    with open(image, "r+b") as handle:
+        handle.seek(size - SECTOR)
+        handle.write(b"\xff" * SECTOR)  # no end-of-stream marker: no footer
+    with pytest.raises(DiskError) as info:
+        read_to_raw(whole(image), tmp_path / "out.raw")
+    assert str(info.value) == ("disk.vmdk: VMDK grain directory is at the end but the file"
+                               " has no footer (truncated?)")
+
+
+def test_footer_without_a_grain_directory(streamed, tmp_path):
+    _, image = streamed
+    size = os.path.getsize(image)
+    with open(image, "r+b") as handle:
+        handle.seek(size - 2 * SECTOR + 56)  # the footer header's gdOffset
+        handle.write(struct.pack("<Q", vmdkstream.GD_AT_END))
+    with pytest.raises(DiskError) as info:
+        read_to_raw(whole(image), tmp_path / "out.raw")
+    assert str(info.value) == "disk.vmdk: VMDK footer has no grain directory offset"
+
+
+def first_grain_marker(image) -> int:
+    with open(image, "rb") as handle:
+        header = vmdkstream.HEADER.unpack(handle.read(vmdkstream.HEADER.size))
+    return header[10] * SECTOR  # overHead: the first grain follows the metadata
+
+
+@pytest.mark.parametrize("size, message", [
+    (0, r"has compressed size 0 \(1\.\.131060 allowed\)"),
+    (2 * 65536 - 12 + 1, r"has compressed size 131061 \(1\.\.131060 allowed\)"),
+    (1, "deflate data is truncated|bad deflate data"),  # passes the size rule
+    (2 * 65536 - 12, None),  # the bound: bytes after the stream are not read
+])
+def test_compressed_size_bounds(streamed, tmp_path, size, message):
+    raw, image = streamed
+    with open(image, "r+b") as handle:
+        handle.seek(first_grain_marker(image) + 8)
+        handle.write(struct.pack("<I", size))
+    if message is None:
+        same_as_source(raw, image, tmp_path)
+        return
+    with pytest.raises(DiskError, match=message):
+        read_to_raw(whole(image), tmp_path / "out.raw")
+
+
+# ------------------------------------------------------------------ reader: output
+
+
+def allocated(path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def test_zero_pages_inside_grains_become_holes(tmp_path):
+    # 4 KiB of data at the start of each of 32 grains, zeros after it.
+    pieces = [(grain * 64 * KIB, b"\x5a" * 4 * KIB) for grain in range(32)]
+    raw = make_raw(tmp_path / "src.raw", 2 * MIB, pieces)
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    out = read_to_raw(whole(image), tmp_path / "out.raw")
+    assert digest_of(out) == digest_of(raw)
+    assert allocated(out) <= 32 * 8 * KIB  # data pages only (with fs rounding)
+
+
+def test_progress_reported_per_grain_table(tmp_path):
+    tables = 10
+    pieces = [(index * GT_SPAN, b"\x01" * 4 * KIB) for index in range(tables)]
+    raw = make_raw(tmp_path / "src.raw", tables * GT_SPAN, pieces)
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    seen = []
+    vmdkread.convert_stream_optimized(whole(image), str(tmp_path / "out.raw"),
+                                      tables * GT_SPAN, progress=seen.append)
+    assert seen == [10.0 * (index + 1) for index in range(tables)] + [100.0]
+
+
+# ------------------------------------------------------------------ writer
+
+
+def markers(image):
+    """(sector, kind, numSectors or lba) of every marker, walking the stream."""
+    with open(image, "rb") as handle:
+        data = handle.read()
+    header = vmdkstream.HEADER.unpack_from(data)
+    sector, found = header[10], []
+    while sector * SECTOR < len(data):
+        value, size, kind = struct.unpack_from("<QII", data, sector * SECTOR)
+        if size:  # a grain: lba, compressed size, data
+            found.append((sector, "grain", value))
+            sector += -(-(12 + size) // SECTOR)
+        else:
+            found.append((sector, kind, value))
+            sector += 1 + (value if kind != 3 else 1) if kind else 1
+    return found
+
+
+def test_writer_markers(tmp_path):
+    rng = random.Random(9)
+    raw = make_raw(tmp_path / "src.raw", 2 * MIB, [(0, rng.randbytes(200 * KIB))])
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    kinds = [(kind, value) for _, kind, value in markers(image) if kind != "grain"]
+    # One grain table (4 sectors), the directory (1 sector), footer, end.
+    assert kinds == [(vmdkstream.MARKER_GT, 4), (vmdkstream.MARKER_GD, 1),
+                     (vmdkstream.MARKER_FOOTER, 1), (vmdkstream.MARKER_EOS, 0)]
+    assert (vmdkstream.MARKER_EOS, vmdkstream.MARKER_GT, vmdkstream.MARKER_GD,
+            vmdkstream.MARKER_FOOTER) == (0, 1, 2, 3)
+
+
+@pytest.mark.parametrize("adapter, heads, cylinders", [
+    ("ide", 16, 16383), ("buslogic", 255, 1044), ("lsilogic", 255, 1044),
+    ("legacyESX", 255, 1044),
+])
+def test_writer_geometry(tmp_path, adapter, heads, cylinders):
+    source = tmp_path / "src.raw"
+    with open(source, "wb") as handle:
+        handle.truncate(8 * 1024 ** 3)  # 8 GiB: past IDE's cylinder cap
+    image = tmp_path / "disk.vmdk"
+    with open(image, "wb") as out:
+        vmdkstream.write_stream_optimized(str(source), out, adapter_type=adapter)
+    with open(image, "rb") as handle:
+        text = handle.read(64 * KIB).decode("ascii", "replace")
+    assert 'ddb.geometry.heads = "%d"' % heads in text
+    assert 'ddb.geometry.cylinders = "%d"' % cylinders in text
+    assert 'ddb.geometry.sectors = "63"' in text
+
+
+def test_writer_source_ending_in_a_hole(tmp_path):
+    raw = make_raw(tmp_path / "src.raw", 4 * MIB, [(0, b"\x33" * 70 * KIB)])
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    same_as_source(raw, image, tmp_path)
+
+
+def test_writer_data_across_a_grain_table_boundary(tmp_path):
+    # Grains 500 to 530 hold data: batches must not mix two grain tables.
+    rng = random.Random(4)
+    start = 500 * vmdkstream.GRAIN
+    raw = make_raw(tmp_path / "src.raw", 2 * GT_SPAN,
+                   [(start, rng.randbytes(30 * vmdkstream.GRAIN))])
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "vmdk", raw, image],
+                   check=True)
+    same_as_source(raw, image, tmp_path)
