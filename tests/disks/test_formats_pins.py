@@ -19,6 +19,14 @@ def accepted(path) -> formats.DiskImage:
     return formats.inspect(whole(path))
 
 
+def judged(path, ok: bool, fmt: str, reason: str) -> None:
+    """Accepted as `fmt` when `ok`, else refused naming `reason`."""
+    if ok:
+        assert accepted(path).format == fmt
+    else:
+        refused(whole(path), reason)
+
+
 # ------------------------------------------------------------------ refused by name
 
 
@@ -57,10 +65,8 @@ def test_qcow2_versions(tmp_path, version, ok):
     patch(path, 4, struct.pack(">I", version))
     if ok is None:
         refused(whole(path), "refused qcow image: qcow version 1 is not supported")
-    elif ok:
-        assert accepted(path).format == "qcow2"
     else:
-        refused(whole(path), "refused qcow2 image: unsupported version")
+        judged(path, ok, "qcow2", "refused qcow2 image: unsupported version")
 
 
 def test_qcow2_header_extension_bounds(tmp_path):
@@ -69,10 +75,7 @@ def test_qcow2_header_extension_bounds(tmp_path):
     # bits as the end of the chain.
     for length, ok in ((64, False), (72, True), (112, True), (116, False), (65536, False)):
         patch(path, 100, struct.pack(">I", length))
-        if ok:
-            assert accepted(path).format == "qcow2"
-        else:
-            refused(whole(path), "malformed header extensions")
+        judged(path, ok, "qcow2", "malformed header extensions")
 
 
 # ------------------------------------------------------------------ VMDK
@@ -83,20 +86,14 @@ def test_qcow2_header_extension_bounds(tmp_path):
 def test_vmdk_grain_size_bounds(tmp_path, grain, ok):
     path = create(tmp_path, "d.vmdk", "vmdk")
     patch(path, 20, struct.pack("<Q", grain))
-    if ok:
-        assert accepted(path).format == "vmdk"
-    else:
-        refused(whole(path), "grain size not a power of two up to 1 GiB")
+    judged(path, ok, "vmdk", "grain size not a power of two up to 1 GiB")
 
 
 @pytest.mark.parametrize("version, ok", [(0, False), (1, True), (3, True), (4, False)])
 def test_vmdk_versions(tmp_path, version, ok):
     path = create(tmp_path, "d.vmdk", "vmdk")
     patch(path, 4, struct.pack("<I", version))
-    if ok:
-        assert accepted(path).format == "vmdk"
-    else:
-        refused(whole(path), "unsupported sparse header version")
+    judged(path, ok, "vmdk", "unsupported sparse header version")
 
 
 def test_vmdk_details_name_the_extent(tmp_path):
@@ -190,10 +187,7 @@ def test_vdi_block_map_entries(tmp_path):
     for entry, ok in ((formats.VDI_UNALLOCATED, True), (0xFFFFFFFF, True),
                       (formats.VDI_UNALLOCATED - 1, False), (0, False)):
         patch(path, bmap, struct.pack("<I", entry))
-        if ok:
-            assert accepted(path).format == "vdi"
-        else:
-            refused(whole(path), "block map entry past the allocated blocks")
+        judged(path, ok, "vdi", "block map entry past the allocated blocks")
 
 
 def test_vdi_sector_size(tmp_path):

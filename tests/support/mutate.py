@@ -19,7 +19,8 @@ To keep a run affordable on a shared machine, at most --max mutants per
 module are run (default 40), chosen deterministically: mutants are ordered by
 a hash of (module, source line text, change, occurrence), so the sample does
 not move when unrelated lines are added, and the first ones are taken.
---max 0 runs every mutant.
+--max 0 runs every mutant; --seed S draws another deterministic sample (to
+check that the standard one is not the only one the tests were written for).
 
 Usage: /usr/bin/python3 tests/support/mutate.py [--max N] [--list] [MODULE ...]
 """
@@ -198,7 +199,7 @@ def _short(node: ast.AST, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def make_mutants(module: str, source: str) -> List[Mutant]:
+def make_mutants(module: str, source: str, seed: str = "") -> List[Mutant]:
     """Every mutant of `module` (a path relative to the checkout), in file order."""
     tree = ast.parse(source, module)
     skip = _docstrings(tree) | _message_nodes(tree) | _annotations(tree) | _equivalent(tree)
@@ -213,7 +214,7 @@ def make_mutants(module: str, source: str) -> List[Mutant]:
                 replacement = "(%s)" % replacement
             base = "%s|%s|%s" % (module, lines[target.lineno - 1].strip(), change)
             seen[base] = seen.get(base, 0) + 1
-            key = hashlib.sha256(("%s|%d" % (base, seen[base])).encode()).hexdigest()
+            key = hashlib.sha256(("%s%s|%d" % (seed, base, seen[base])).encode()).hexdigest()
             mutants.append(Mutant(module, target.lineno, target.col_offset,
                                   target.end_lineno, target.end_col_offset,
                                   replacement, change, key))
@@ -290,11 +291,11 @@ class Score:
         return self.killed + self.timeouts + len(self.survivors)
 
 
-def mutate_module(copy: str, module: str, limit: int, log) -> Score:
+def mutate_module(copy: str, module: str, limit: int, seed: str, log) -> Score:
     path = os.path.join(copy, module)
     with open(path, encoding="utf-8") as handle:
         original = handle.read()
-    mutants = make_mutants(module, original)
+    mutants = make_mutants(module, original, seed)
     chosen = sample(mutants, limit)
     tests = [t for t in MODULES[module] if os.path.exists(os.path.join(copy, t))]
     status, baseline = run_tests(copy, tests, None)
@@ -364,6 +365,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         % ", ".join(sorted(MODULES)))
     parser.add_argument("--max", type=int, default=DEFAULT_MAX,
                         help="mutants run per module, 0 for all (default %d)" % DEFAULT_MAX)
+    parser.add_argument("--seed", default="",
+                        help="another deterministic sample (default: the standard one)")
     parser.add_argument("--list", action="store_true", help="list the chosen mutants only")
     parser.add_argument("--fail-under", type=float, default=90.0,
                         help="exit 1 when the overall score is lower (default 90)")
@@ -379,7 +382,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.list:
         for module in modules:
             with open(os.path.join(ROOT, module), encoding="utf-8") as handle:
-                mutants = make_mutants(module, handle.read())
+                mutants = make_mutants(module, handle.read(), args.seed)
             for mutant in sample(mutants, args.max):
                 log(mutant.label())
         return 0
@@ -391,7 +394,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    os.path.join(scratch, "shared"))
         copy = os.path.join(scratch, "checkout")
         copy_checkout(copy)
-        scores = [mutate_module(copy, module, args.max, log) for module in modules]
+        scores = [mutate_module(copy, module, args.max, args.seed, log)
+                  for module in modules]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     # Mutants are only ever written in the copy: the working tree's modules
