@@ -77,7 +77,8 @@ def test_qcow2_cluster_size_bounds(tmp_path, bits, ok):
     if ok:
         assert accepted(path).virtual_size == 4 * MIB
     else:
-        refused(whole(path), "refused qcow2 image: cluster size out of range")
+        # Only that rule: extensions are not walked with a bad cluster size.
+        assert refused(whole(path)) == "d.qcow2: refused qcow2 image: cluster size out of range"
 
 
 @pytest.mark.parametrize("version, ok", [(1, None), (2, True), (3, True), (4, False)])
@@ -210,6 +211,13 @@ def test_vdi_block_map_entries(tmp_path):
                       (0xFFFFFFFD, False), (0, False)):
         patch(path, bmap, struct.pack("<I", entry))
         judged(path, ok, "vdi", "block map entry past the allocated blocks")
+
+
+def test_vdi_block_extra_bytes_count_towards_the_data(tmp_path):
+    path = create(tmp_path, "d.vdi", "vdi", "4M", "-o", "static=on")
+    assert accepted(path).format == "vdi"
+    patch(path, 380, struct.pack("<I", MIB))  # 1 MiB of extra data per block
+    refused(whole(path), "truncated: the block map or data end past the end of the file")
 
 
 def test_vdi_sector_size(tmp_path):

@@ -144,6 +144,40 @@ def test_compressed_size_bounds(streamed, tmp_path, size, message):
         read_to_raw(whole(image), tmp_path / "out.raw")
 
 
+def set_flags(image, flags: int) -> None:
+    """OR `flags` into the header and the footer copy."""
+    size = os.path.getsize(image)
+    for offset in (0, size - 2 * SECTOR):
+        with open(image, "r+b") as handle:
+            handle.seek(offset + 8)
+            current = struct.unpack("<I", handle.read(4))[0]
+            handle.seek(offset + 8)
+            handle.write(struct.pack("<I", current | flags))
+
+
+def grain_table_offset(image) -> int:
+    with open(image, "rb") as handle:
+        data = handle.read()
+    gd = struct.unpack_from("<Q", data, len(data) - 2 * SECTOR + 56)[0]
+    return struct.unpack_from("<I", data, gd * SECTOR)[0] * SECTOR
+
+
+@pytest.mark.parametrize("zero_flag", [True, False])
+def test_zero_grain_entries_need_the_header_flag(streamed, tmp_path, zero_flag):
+    # Grain 20 holds no data; its table entry becomes 1, which means "reads
+    # as zeros" only when the header says so (flag bit 2).
+    raw, image = streamed
+    with open(image, "r+b") as handle:
+        handle.seek(grain_table_offset(image) + 20 * 4)
+        handle.write(struct.pack("<I", 1))
+    if zero_flag:
+        set_flags(image, 1 << 2)
+        same_as_source(raw, image, tmp_path)
+    else:
+        with pytest.raises(DiskError, match="marker at sector 1 says LBA"):
+            read_to_raw(whole(image), tmp_path / "out.raw")
+
+
 # ------------------------------------------------------------------ reader: output
 
 
