@@ -15,6 +15,7 @@ from test_vmdkread import by_vmdkstream, make_raw, read_to_raw, whole
 
 from ganeti_ovf.disks import vmdkread, vmdkstream
 from ganeti_ovf.errors import DiskError
+from ganeti_ovf.model import Member
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -272,3 +273,23 @@ def test_writer_data_across_a_grain_table_boundary(tmp_path):
     subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "vmdk", raw, image],
                    check=True)
     same_as_source(raw, image, tmp_path)
+
+
+def test_grain_data_never_read_past_the_member(streamed, tmp_path):
+    # The member is followed by other bytes of the same file (as in an OVA):
+    # a grain whose size reaches past the member's end is refused, however
+    # the bytes after it look.
+    raw, image = streamed
+    size = os.path.getsize(image)
+    last = max(sector for sector, kind, _ in markers(image) if kind == "grain")
+    reach = size - (last * SECTOR + 12) + 100
+    assert reach < 2 * 65536 - 12
+    with open(image, "r+b") as handle:
+        handle.seek(last * SECTOR + 8)
+        handle.write(struct.pack("<I", reach))
+        handle.seek(0, os.SEEK_END)
+        handle.write(bytes(4096))
+    member = Member(name="disk.vmdk", path=str(image), offset=0, size=size)
+    with pytest.raises(DiskError, match=r"VMDK grain data \(%d bytes at %d\) lies outside"
+                                        r" the file" % (reach, last * SECTOR + 12)):
+        vmdkread.convert_stream_optimized(member, str(tmp_path / "out.raw"), 2 * MIB)
