@@ -293,3 +293,19 @@ def test_grain_data_never_read_past_the_member(streamed, tmp_path):
     with pytest.raises(DiskError, match=r"VMDK grain data \(%d bytes at %d\) lies outside"
                                         r" the file" % (reach, last * SECTOR + 12)):
         vmdkread.convert_stream_optimized(member, str(tmp_path / "out.raw"), 2 * MIB)
+
+
+def test_grain_directory_read_in_pieces(tmp_path):
+    # Over 2 TiB the directory (one entry per 32 MiB) takes more than one
+    # read: data past the first piece must still be found where it is.
+    size = 3 * (1 << 40)
+    where = 5 * (1 << 39) + 12345  # 2.5 TiB
+    data = random.Random(8).randbytes(100 * KIB)
+    raw = make_raw(tmp_path / "src.raw", size, [(where, data)])
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    out = read_to_raw(whole(image), tmp_path / "out.raw")
+    assert os.path.getsize(out) == size
+    with open(out, "rb") as handle:
+        handle.seek(where - KIB)
+        assert handle.read(len(data) + 2 * KIB) == bytes(KIB) + data + bytes(KIB)
+    assert allocated(out) < 1 * MIB

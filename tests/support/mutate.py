@@ -291,12 +291,15 @@ class Score:
         return self.killed + self.timeouts + len(self.survivors)
 
 
-def mutate_module(copy: str, module: str, limit: int, seed: str, log) -> Score:
+def mutate_module(copy: str, module: str, limit: int, seed: str, log,
+                  only: str = "") -> Score:
     path = os.path.join(copy, module)
     with open(path, encoding="utf-8") as handle:
         original = handle.read()
     mutants = make_mutants(module, original, seed)
     chosen = sample(mutants, limit)
+    if only:
+        chosen = [m for m in mutants if only in m.label()]
     tests = [t for t in MODULES[module] if os.path.exists(os.path.join(copy, t))]
     status, baseline = run_tests(copy, tests, None)
     if status != "passed":
@@ -368,6 +371,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", default="",
                         help="another deterministic sample (default: the standard one)")
     parser.add_argument("--list", action="store_true", help="list the chosen mutants only")
+    parser.add_argument("--only", default="", metavar="TEXT",
+                        help="run only the mutants whose label (file:line: change)"
+                        " contains TEXT, sampled or not")
     parser.add_argument("--fail-under", type=float, default=90.0,
                         help="exit 1 when the overall score is lower (default 90)")
     args = parser.parse_args(argv)
@@ -394,7 +400,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    os.path.join(scratch, "shared"))
         copy = os.path.join(scratch, "checkout")
         copy_checkout(copy)
-        scores = [mutate_module(copy, module, args.max, args.seed, log)
+        scores = [mutate_module(copy, module, args.max, args.seed, log, args.only)
                   for module in modules]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
