@@ -4,10 +4,18 @@ cap read, one byte over refused), chunk numbering, how an unopenable member
 is reported, whole-member digests and the shortening of quoted lines.
 """
 
+import gzip
 import hashlib
+import io
+import resource
+import signal
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from ganeti_ovf.errors import ManifestError, PackageError
 from ganeti_ovf.model import Member
@@ -107,3 +115,35 @@ def test_entry_lookup() -> None:
     parsed = manifest.parse_manifest(b"SHA1(a)= " + b"0" * 40 + b"\n", "m.mf")
     assert parsed.entry("a").name == "a"
     assert parsed.entry("b") is None
+
+
+def test_gzip_ova_that_cannot_be_staged(tmp_path: Path) -> None:
+    # A staging filesystem that refuses the write (here: a file size limit
+    # in a child process): the error names the staging directory, and the
+    # partial copy is removed.
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo("vm.ovf")
+        info.size = len(DESCRIPTOR)
+        tar.addfile(info, io.BytesIO(DESCRIPTOR))
+        info = tarfile.TarInfo("disk.img")
+        info.size = 256 * 1024
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    (tmp_path / "vm.ova").write_bytes(gzip.compress(archive.getvalue()))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    script = ("from ganeti_ovf.package.reader import Package\n"
+              "try:\n"
+              "    Package.open(%r, %r)\n"
+              "except Exception as err:\n"
+              "    print(type(err).__name__, err)\n" % (str(tmp_path / "vm.ova"), str(staging)))
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, preexec_fn=limit_file_size)
+    assert result.stdout == "PackageError %s: cannot decompress into %s: File too large\n" % (
+        tmp_path / "vm.ova", staging), result.stderr
+    assert list(staging.iterdir()) == []

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from test_signature import DAY, MANIFEST, NOW, make_identity, pem, signed, store
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa
+from test_signature import (DAY, MANIFEST, NOW, Identity, _name, make_identity, pem, signed,
+                            store)
 
 from ganeti_ovf.package.signature import (MAX_CHAIN_DEPTH, MAX_STORE_FILE, SignatureError,
                                           load_trust_store, verify_certificate)
@@ -212,3 +215,20 @@ def test_trust_store_directory_checks_each_file(tmp_path, root):
     (directory / "b.pem").write_bytes(b"#" * (MAX_STORE_FILE + 1))
     with pytest.raises(SignatureError, match="b.pem: larger than 16777216 bytes"):
         load_trust_store(str(directory))
+
+
+def test_issuer_key_type_that_cannot_be_checked_is_never_trusted(tmp_path):
+    # DSA keys are not verified here: an issuer with one vouches for nothing,
+    # not even for a certificate it really signed.
+    key = dsa.generate_private_key(2048)
+    root_cert = (x509.CertificateBuilder().subject_name(_name("DSA Root"))
+                 .issuer_name(_name("DSA Root")).public_key(key.public_key())
+                 .serial_number(x509.random_serial_number())
+                 .not_valid_before(NOW - DAY).not_valid_after(NOW + DAY)
+                 .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+                 .sign(key, hashes.SHA256()))
+    dsa_root = Identity(key, root_cert)
+    leaf = make_identity("DSA-issued Signer", dsa_root)
+    info = verify(tmp_path, signed(tmp_path, leaf), dsa_root)
+    assert not info.trusted
+    assert info.reason == "no issuer CN=DSA Root of CN=DSA-issued Signer in the trust store"
