@@ -309,3 +309,23 @@ def test_grain_directory_read_in_pieces(tmp_path):
         handle.seek(where - KIB)
         assert handle.read(len(data) + 2 * KIB) == bytes(KIB) + data + bytes(KIB)
     assert allocated(out) < 1 * MIB
+
+
+def test_grain_tables_read_in_bounded_pieces(tmp_path, monkeypatch):
+    # Tables far apart in the file are read separately: no metadata read is
+    # larger than META_READ, whatever the image's layout.
+    rng = random.Random(6)
+    pieces = [(index * GT_SPAN, rng.randbytes(MIB)) for index in range(3)]
+    raw = make_raw(tmp_path / "src.raw", 3 * GT_SPAN, pieces)
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    reads = []
+    original = vmdkread._Source.read
+
+    def recording(self, offset, length, what):
+        reads.append((what, length))
+        return original(self, offset, length, what)
+
+    monkeypatch.setattr(vmdkread._Source, "read", recording)
+    same_as_source(raw, image, tmp_path)
+    tables = [length for what, length in reads if what == "VMDK grain tables"]
+    assert len(tables) == 3 and max(tables) <= 256 * KIB == vmdkread.META_READ
