@@ -329,3 +329,28 @@ def test_grain_tables_read_in_bounded_pieces(tmp_path, monkeypatch):
     same_as_source(raw, image, tmp_path)
     tables = [length for what, length in reads if what == "VMDK grain tables"]
     assert len(tables) == 3 and max(tables) <= 256 * KIB == vmdkread.META_READ
+
+
+@pytest.mark.parametrize("source, extent", [("disk0.raw", "disk0.raw.vmdk"),
+                                            ("disk0.vmdk", "disk0.vmdk")])
+def test_writer_default_extent_name(tmp_path, source, extent):
+    raw = make_raw(tmp_path / source, MIB, [(0, b"\x01" * KIB)])
+    image = by_vmdkstream(raw, tmp_path / "out.vmdk")
+    with open(image, "rb") as handle:
+        assert b'RW 2048 SPARSE "%s"\n' % extent.encode() in handle.read(64 * KIB)
+
+
+def test_writer_overhead_covers_a_long_descriptor(tmp_path):
+    # A descriptor of exactly 128 sectors: header + descriptor take 129, so
+    # the grains start at the next grain boundary, 256.
+    base = len(vmdkstream._descriptor("", 2048, "lsilogic", 4))
+    name = "n" * (128 * SECTOR - base - 10) + ".vmdk"
+    assert len(vmdkstream._descriptor(name, 2048, "lsilogic", 4)) == 128 * SECTOR - 5
+    raw = make_raw(tmp_path / "src.raw", MIB, [(0, b"\x01" * KIB)])
+    image = tmp_path / "disk.vmdk"
+    with open(image, "wb") as out:
+        vmdkstream.write_stream_optimized(raw, out, name=name)
+    header = vmdkstream.HEADER.unpack(digest_of(image)[:vmdkstream.HEADER.size])
+    assert (header[6], header[10]) == (128, 256)  # descriptorSize, overHead
+    assert markers(image)[0] == (256, "grain", 0)
+    same_as_source(raw, image, tmp_path)
