@@ -340,17 +340,18 @@ def test_writer_default_extent_name(tmp_path, source, extent):
         assert b'RW 2048 SPARSE "%s"\n' % extent.encode() in handle.read(64 * KIB)
 
 
-def test_writer_overhead_covers_a_long_descriptor(tmp_path):
-    # A descriptor of exactly 128 sectors: header + descriptor take 129, so
-    # the grains start at the next grain boundary, 256.
+@pytest.mark.parametrize("sectors, overhead", [(127, 128), (128, 256)])
+def test_writer_overhead_covers_a_long_descriptor(tmp_path, sectors, overhead):
+    # Header + descriptor take 1 + `sectors`; the grains start at the next
+    # grain boundary (128 sectors).
     base = len(vmdkstream._descriptor("", 2048, "lsilogic", 4))
-    name = "n" * (128 * SECTOR - base - 10) + ".vmdk"
-    assert len(vmdkstream._descriptor(name, 2048, "lsilogic", 4)) == 128 * SECTOR - 5
+    name = "n" * (sectors * SECTOR - base - 10) + ".vmdk"
+    assert len(vmdkstream._descriptor(name, 2048, "lsilogic", 4)) == sectors * SECTOR - 5
     raw = make_raw(tmp_path / "src.raw", MIB, [(0, b"\x01" * KIB)])
     image = tmp_path / "disk.vmdk"
     with open(image, "wb") as out:
         vmdkstream.write_stream_optimized(raw, out, name=name)
     header = vmdkstream.HEADER.unpack(digest_of(image)[:vmdkstream.HEADER.size])
-    assert (header[6], header[10]) == (128, 256)  # descriptorSize, overHead
-    assert markers(image)[0] == (256, "grain", 0)
+    assert (header[6], header[10]) == (sectors, overhead)  # descriptorSize, overHead
+    assert markers(image)[0] == (overhead, "grain", 0)
     same_as_source(raw, image, tmp_path)
