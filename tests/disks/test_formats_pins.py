@@ -224,3 +224,29 @@ def test_vdi_sector_size(tmp_path):
     path = create(tmp_path, "d.vdi", "vdi")
     patch(path, 360, struct.pack("<I", 4096))
     refused(whole(path), "sector size is not 512")
+
+
+# ------------------------------------------------------------------ edges
+
+
+def test_member_shorter_than_a_vhd_footer_is_raw(tmp_path):
+    # The VHD probe looks 512 bytes before the end: never before the start.
+    path = tmp_path / "small.img"
+    path.write_bytes(b"\x07" * 511)
+    assert accepted(path).format == "raw"
+
+
+def test_qcow2_data_file_extension_alone_refused(tmp_path):
+    path = create(tmp_path, "d.qcow2", "qcow2", "4M", "-o",
+                  "data_file=%s" % (tmp_path / "d.data"))
+    with open(path, "rb") as handle:
+        handle.seek(72)
+        features = struct.unpack(">Q", handle.read(8))[0]
+    patch(path, 72, struct.pack(">Q", features & ~formats.QCOW2_INCOMPAT_DATA_FILE))
+    assert refused(whole(path)) == "d.qcow2: refused qcow2 image: external data file set"
+
+
+def test_vmdk_descriptor_of_zero_sectors_is_no_descriptor(tmp_path):
+    path = create(tmp_path, "d.vmdk", "vmdk")
+    patch(path, 36, struct.pack("<Q", 0))  # descriptor size, its offset kept
+    assert refused(whole(path)) == "d.vmdk: refused vmdk image: no embedded descriptor"

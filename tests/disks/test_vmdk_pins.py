@@ -355,3 +355,27 @@ def test_writer_overhead_covers_a_long_descriptor(tmp_path, sectors, overhead):
     assert (header[6], header[10]) == (sectors, overhead)  # descriptorSize, overHead
     assert markers(image)[0] == (overhead, "grain", 0)
     same_as_source(raw, image, tmp_path)
+
+
+def test_progress_reported_at_most_once_per_percent(tmp_path):
+    tables = 150
+    pieces = [(index * GT_SPAN, b"\x01" * 4 * KIB) for index in range(tables)]
+    raw = make_raw(tmp_path / "src.raw", tables * GT_SPAN, pieces)
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    seen = []
+    vmdkread.convert_stream_optimized(whole(image), str(tmp_path / "out.raw"),
+                                      tables * GT_SPAN, progress=seen.append)
+    steps = [later - earlier for earlier, later in zip(seen, seen[1:-1])]
+    assert len(seen) < tables and min(steps) >= 1 and seen[-1] == 100.0
+
+
+def test_writer_default_deflate_level_is_one(tmp_path):
+    rng = random.Random(2)
+    raw = make_raw(tmp_path / "src.raw", MIB, [(0, rng.randbytes(64 * KIB) * 4)])
+    outputs = []
+    for name, kwargs in (("default", {}), ("one", {"level": 1})):
+        with open(tmp_path / name, "wb") as out:
+            vmdkstream.write_stream_optimized(raw, out, name="d.vmdk", backend="zlib",
+                                              **kwargs)
+        outputs.append(digest_of(tmp_path / name))
+    assert outputs[0] == outputs[1]

@@ -173,3 +173,29 @@ def test_empty_size_field_is_a_zero_length_member(tmp_path: Path):
     blocks = entry(b"vm.ovf", DESCRIPTOR) + header(b"empty", size_field=bytes(12)) + END
     package = Package.open(ova(tmp_path, blocks))
     assert package.member("empty").size == 0
+
+
+def with_checksum(block: bytearray, signed: bool = False) -> bytes:
+    block[148:156] = b" " * 8
+    total = sum(b - 256 if signed and b >= 128 else b for b in block)
+    block[148:156] = b"%06o\0 " % total
+    return bytes(block)
+
+
+def test_checksum_covers_every_byte_around_its_field():
+    # A 12-digit mtime with no terminator: byte 147 counts.
+    block = bytearray(header(b"vm.ovf"))
+    block[136:148] = b"000000000001"
+    assert tarreader.is_tar_header(with_checksum(block))
+    # A byte of exactly 0x80 in a header summed as signed chars.
+    block = bytearray(header(b"vm.ovf"))
+    block[257:265] = b"ustar  \0"
+    block[265] = 0x80  # uname
+    assert tarreader.is_tar_header(with_checksum(block, signed=True))
+    assert tarreader.is_tar_header(with_checksum(block, signed=False))
+
+
+def test_pax_record_too_short_for_a_key(tmp_path: Path):
+    blocks = (entry(b"vm.ovf", DESCRIPTOR) + entry(b"PaxHeader", b"3 \n", b"x")
+              + entry(b"d") + END)
+    assert "record at byte 0 has a wrong length" in open_error(ova(tmp_path, blocks))
