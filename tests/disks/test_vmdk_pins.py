@@ -357,16 +357,24 @@ def test_writer_overhead_covers_a_long_descriptor(tmp_path, sectors, overhead):
     same_as_source(raw, image, tmp_path)
 
 
-def test_progress_reported_at_most_once_per_percent(tmp_path):
-    tables = 150
+def progress_of(tmp_path, tables: int) -> list:
     pieces = [(index * GT_SPAN, b"\x01" * 4 * KIB) for index in range(tables)]
     raw = make_raw(tmp_path / "src.raw", tables * GT_SPAN, pieces)
     image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
     seen = []
     vmdkread.convert_stream_optimized(whole(image), str(tmp_path / "out.raw"),
                                       tables * GT_SPAN, progress=seen.append)
-    steps = [later - earlier for earlier, later in zip(seen, seen[1:-1])]
-    assert len(seen) < tables and min(steps) >= 1 and seen[-1] == 100.0
+    return seen
+
+
+def test_progress_reported_once_per_percent(tmp_path):
+    assert progress_of(tmp_path, 100) == [float(n) for n in range(1, 101)] + [100.0]
+
+
+def test_progress_never_more_often_than_each_percent(tmp_path):
+    seen = progress_of(tmp_path, 150)
+    steps = [later - earlier for earlier, later in zip(seen[:-2], seen[1:-1], strict=True)]
+    assert len(seen) < 150 and min(steps) >= 1 and seen[-1] == 100.0
 
 
 def test_writer_default_deflate_level_is_one(tmp_path):
