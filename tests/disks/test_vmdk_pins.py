@@ -197,14 +197,7 @@ def test_zero_pages_inside_grains_become_holes(tmp_path):
 
 
 def test_progress_reported_per_grain_table(tmp_path):
-    tables = 10
-    pieces = [(index * GT_SPAN, b"\x01" * 4 * KIB) for index in range(tables)]
-    raw = make_raw(tmp_path / "src.raw", tables * GT_SPAN, pieces)
-    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
-    seen = []
-    vmdkread.convert_stream_optimized(whole(image), str(tmp_path / "out.raw"),
-                                      tables * GT_SPAN, progress=seen.append)
-    assert seen == [10.0 * (index + 1) for index in range(tables)] + [100.0]
+    assert progress_of(tmp_path, 10) == [10.0 * (index + 1) for index in range(10)] + [100.0]
 
 
 # ------------------------------------------------------------------ writer
