@@ -7,7 +7,13 @@ SBINDIR     ?= $(PREFIX)/sbin
 MANDIR      ?= $(PREFIX)/share/man
 SYSCONFDIR  ?= /etc
 DESTDIR     ?=
-PYLIBDIR    ?= $(PREFIX)/lib/python3/dist-packages
+# Where Debian's python3 finds modules for PREFIX: /usr/lib/python3/dist-packages
+# for /usr, /usr/local/lib/python3.X/dist-packages for /usr/local; empty (and
+# `make install` refuses) for a prefix the interpreter does not search.
+PYLIBDIR    ?= $(shell $(PYTHON) -c 'import sys; p = "$(PREFIX)".rstrip("/"); \
+                 d = p + "/lib/python3/dist-packages" if p == "/usr" else \
+                 p + "/lib/python%d.%d/dist-packages" % sys.version_info[:2]; \
+                 print(d if d in sys.path else "")')
 HOOKDIR     ?= $(SYSCONFDIR)/ganeti/hooks/instance-export-post.d
 PYTEST_ARGS ?=
 # The library and its stage subpackages, installed as they are in the tree.
@@ -67,6 +73,9 @@ mutate: deps
 	$(PYTHON) tests/support/mutate.py $(MUTATE_ARGS)
 
 install:
+	@test -n "$(PYLIBDIR)" || { echo "make $@: $(PYTHON) does not search a" \
+	  "library directory under PREFIX=$(PREFIX); use PREFIX=/usr or /usr/local, or" \
+	  "set PYLIBDIR (and PYTHONPATH for gnt-ovf) yourself" >&2; exit 1; }
 	for package in $(PACKAGES); do \
 	  install -d $(DESTDIR)$(PYLIBDIR)/$$package && \
 	  install -m 0644 $$package/*.py $(DESTDIR)$(PYLIBDIR)/$$package/ || exit 1; done
@@ -82,6 +91,9 @@ install:
 	  install -m 0644 hooks/ovf-export.conf $(DESTDIR)$(SYSCONFDIR)/ganeti/ovf-export.conf.example; fi
 
 uninstall:
+	@test -n "$(PYLIBDIR)" || { echo "make $@: $(PYTHON) does not search a" \
+	  "library directory under PREFIX=$(PREFIX); use PREFIX=/usr or /usr/local, or" \
+	  "set PYLIBDIR (and PYTHONPATH for gnt-ovf) yourself" >&2; exit 1; }
 	rm -rf $(DESTDIR)$(PYLIBDIR)/ganeti_ovf
 	rm -f $(DESTDIR)$(SBINDIR)/gnt-ovf $(DESTDIR)$(MANDIR)/man8/gnt-ovf.8
 	rm -f $(DESTDIR)$(HOOKDIR)/ganeti-ovf-export

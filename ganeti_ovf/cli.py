@@ -7,18 +7,24 @@ modules; it holds no conversion logic.  The library's OvfError family is
 turned here into Ganeti's one-line "Failure: ..." and a non-zero exit.
 """
 
+import dataclasses
 import functools
 import json
 import logging
 import optparse
+import os
+import signal
 import sys
+import time
+from typing import Optional
 
 from ganeti import cli, constants, errors, pathutils, utils
 from ganeti.cli import ArgFile, ArgUnknown, ToStderr, ToStdout, cli_option
 
+import ganeti_ovf
 from ganeti_ovf import describe, exporter, importer, publish
 from ganeti_ovf.cluster import ganeti_export, jobs, status
-from ganeti_ovf.errors import OptionError, OvfError
+from ganeti_ovf.errors import OptionError, OvfError, printable
 from ganeti_ovf.package.reader import Package
 from ganeti_ovf.plan import ImportOverrides
 
@@ -118,12 +124,26 @@ EXPORT_NODE_OPT = cli_option("-n", "--node", dest="node", default=None, metavar=
                              help="Export the instance (gnt-backup export) to this"
                              " node, which must be the local one, before converting;"
                              " skipped if an export is already there")
+EXPORT_NAME_OPT = cli_option("--name", dest="name", default=None, metavar="<name>",
+                             help="Name of the package's virtual system and files"
+                             " (default: the instance name in config.ini)")
+# Ganeti's own SHUTDOWN_TIMEOUT_OPT says minutes, but the opcode takes seconds.
+SHUTDOWN_TIMEOUT_OPT = cli_option("--shutdown-timeout", dest="shutdown_timeout",
+                                  type="int", default=constants.DEFAULT_SHUTDOWN_TIMEOUT,
+                                  metavar="<seconds>",
+                                  help="With --node: seconds to wait for the instance"
+                                  " to shut down before it is forced off (default: %d)"
+                                  % constants.DEFAULT_SHUTDOWN_TIMEOUT)
+RESULT_OUTPUT_OPT = cli_option("--output", dest="output_format", default="text",
+                               choices=["text", "json"], metavar="text|json",
+                               help="Result format: text, or one JSON object for"
+                               " scripts (default: text)")
 STATUS_OUTPUT_OPT = cli_option("--output", dest="output_format", default="text",
                                choices=["text", "json"], metavar="text|json",
                                help="Output format (default: text)")
 
 import_opts = [
-    NAME_OPT, OUTPUT_DIR_OPT, cli.BACKEND_OPT, cli.HYPERVISOR_OPT, cli.OS_OPT,
+    NAME_OPT, OUTPUT_DIR_OPT, RESULT_OUTPUT_OPT, cli.BACKEND_OPT, cli.HYPERVISOR_OPT, cli.OS_OPT,
     cli.OSPARAMS_OPT, cli.DISK_TEMPLATE_OPT, cli.DISK_OPT, cli.NET_OPT,
     cli.NONICS_OPT, cli.TAG_ADD_OPT, SYSTEM_OPT, PROFILE_OPT, REPLACE_OPT,
     REQUIRE_MANIFEST_OPT, TRUST_STORE_OPT, REQUIRE_SIGNATURE_OPT, MAX_DISK_SIZE_OPT,
@@ -136,10 +156,10 @@ import_opts = [
 info_opts = [OUTPUT_FORMAT_OPT, PROFILE_OPT, VERIFY_OPT, TRUST_STORE_OPT]
 export_opts = [
     FORMAT_OPT, COMPRESS_OPT, OVA_OPT, EXTERNAL_OPT, MANIFEST_OPT, OVF_VERSION_OPT,
-    OUTPUT_DIR_OPT, NAME_OPT, REPLACE_OPT, HARDWARE_FAMILY_OPT, NIC_MODEL_OPT,
-    CHUNK_SIZE_OPT, SIGN_OPT, CERT_OPT, cli.VERBOSE_OPT,
+    OUTPUT_DIR_OPT, EXPORT_NAME_OPT, REPLACE_OPT, HARDWARE_FAMILY_OPT, NIC_MODEL_OPT,
+    CHUNK_SIZE_OPT, SIGN_OPT, CERT_OPT, cli.VERBOSE_OPT, RESULT_OUTPUT_OPT,
     # --node: the gnt-backup export job first, with its options
-    EXPORT_NODE_OPT, REFRESH_OPT, cli.NOSHUTDOWN_OPT, cli.SHUTDOWN_TIMEOUT_OPT,
+    EXPORT_NODE_OPT, REFRESH_OPT, cli.NOSHUTDOWN_OPT, SHUTDOWN_TIMEOUT_OPT,
     cli.LONG_SLEEP_OPT, cli.TRANSPORT_COMPRESSION_OPT,
 ]
 status_opts = [STATUS_OUTPUT_OPT]
@@ -156,33 +176,102 @@ def _library_errors(func):
             return func(opts, args)
         except OvfError as err:
             logging.debug("Command failed", exc_info=True)
-            ToStderr("Failure: %s", err)
+            ToStderr("Failure: %s", printable(str(err)))
             return EXIT_FAILURE
         except OSError as err:
             if opts.debug:
                 raise
             logging.debug("Command failed", exc_info=True)
-            ToStderr("Failure: %s%s", err.strerror or err,
-                     ": %s" % err.filename if err.filename else "")
+            ToStderr("Failure: %s%s", printable(str(err.strerror or err)),
+                     ": %s" % printable(str(err.filename)) if err.filename else "")
             return EXIT_FAILURE
-        except (errors.GenericError, errors.JobSubmittedException, KeyboardInterrupt):
+        except KeyboardInterrupt as err:
+            # Every context manager and `finally` has run: staging and locks
+            # are gone.  The exit status is the shell's for a killed command.
+            signum = getattr(err, "signum", signal.SIGINT)
+            ToStderr("Failure: interrupted by %s; nothing was written",
+                     signal.Signals(signum).name)
+            return 128 + signum
+        except (errors.GenericError, errors.JobSubmittedException):
             raise
         except Exception as err:  # never a traceback for the operator
             if opts.debug:
                 raise
             logging.exception("Unexpected error")
             ToStderr("Failure: unexpected error (run with --debug for details):"
-                     " %s: %s", type(err).__name__, err)
+                     " %s: %s", type(err).__name__, printable(str(err)))
             return EXIT_FAILURE
     return wrapper
 
 
-def _feedback(opts):
+# Signals that end a run the way Ctrl-C does: with the clean-up of every
+# staging directory and lock on the way out.
+CLEANUP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal, raised as Ctrl-C's exception so that the same
+    clean-up runs whichever signal ended the command."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_children() -> None:
+    """Ask our child processes (qemu-img under its timeout) to stop, so the
+    threads waiting for them return and the clean-up is not held up."""
+    pid = os.getpid()
+    try:
+        tasks = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return
+    for task in tasks:
+        try:
+            with open("/proc/%d/task/%s/children" % (pid, task), encoding="ascii") as handle:
+                children = [int(child) for child in handle.read().split()]
+        except (OSError, ValueError):
+            continue
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except OSError:
+                pass
+
+
+def _interrupted(signum: int, _frame) -> None:
+    # Once only: a second signal must not cut the clean-up short.
+    for each in CLEANUP_SIGNALS:
+        signal.signal(each, signal.SIG_IGN)
+    _stop_children()
+    raise Interrupted(signum)
+
+
+def _feedback(opts, warnings: Optional[list] = None):
+    """Progress and warnings on standard error; warnings also kept in
+    `warnings` for the JSON result."""
     def feedback(message: str) -> None:
-        if message.startswith("WARNING:") or getattr(opts, "verbose", False):
+        message = printable(message)
+        if message.startswith("WARNING:"):
+            ToStderr("%s", message)
+            if warnings is not None:
+                warnings.append(message[len("WARNING:"):].strip())
+        elif getattr(opts, "verbose", False):
             ToStderr("%s", message)
         logging.info("%s", message)
     return feedback
+
+
+def _printable_lines(text: str) -> str:
+    """Multi-line text for a terminal: each line escaped (see printable)."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
+def _result_json(command: str, started: float, warnings: list, **fields) -> str:
+    """The one result object of `import`/`export --output=json`."""
+    return json.dumps(dict(fields, schema_version=1, command=command, warnings=warnings,
+                           seconds=round(time.monotonic() - started, 3)),
+                      indent=2, sort_keys=True)
 
 
 def _indexed(values, option: str) -> dict:
@@ -266,22 +355,35 @@ def ImportPackage(opts, args):
         require_signature=opts.require_signature,
         max_disk_size=_size_option(opts.max_disk_size, "--max-disk-size",
                                    importer.DEFAULT_MAX_DISK_SIZE))
-    result = importer.import_package(request, _feedback(opts))
-    ToStdout("Instance %s written to %s", result.plan.system.name, result.directory)
+    started, warnings = time.monotonic(), []
+    feedback = _feedback(opts, warnings)
+    result = importer.import_package(request, feedback)
+    name = result.plan.system.name
+    as_json = opts.output_format == "json"
+    if not as_json:
+        ToStdout("Instance %s written to %s", name, result.directory)
+    next_step = None
     if opts.submit_import:
         jobs.submit_import(result.plan.system, result.directory, opts)
-        ToStdout("Instance %s imported", result.plan.system.name)
-        return 0
-    if ganeti_export.under_export_dir(result.directory, pathutils.EXPORT_DIR):
-        ToStdout("Import it with: gnt-backup import -n NODE --src-node NODE"
-                 " --src-dir %s %s", result.directory, result.plan.system.name)
+    elif ganeti_export.under_export_dir(result.directory, pathutils.EXPORT_DIR):
+        next_step = jobs.backup_import_command(result.plan.system, result.directory)
     else:
-        ToStderr("WARNING: %s is outside Ganeti's export directory %s:"
+        feedback("WARNING: %s is outside Ganeti's export directory %s:"
                  " gnt-backup import would create the instance with empty disks."
                  " Move it there first (mv %s %s/) and import with"
-                 " gnt-backup import --src-dir %s/%s", result.directory,
-                 pathutils.EXPORT_DIR, result.directory, pathutils.EXPORT_DIR,
-                 pathutils.EXPORT_DIR, result.plan.system.name)
+                 " gnt-backup import --src-dir %s/%s"
+                 % (result.directory, pathutils.EXPORT_DIR, result.directory,
+                    pathutils.EXPORT_DIR, pathutils.EXPORT_DIR, name))
+    if as_json:
+        ToStdout("%s", _result_json(
+            "import", started, warnings, instance=name, directory=result.directory,
+            submitted=bool(opts.submit_import), next_step=next_step,
+            disks=[{"index": index, "path": os.path.join(result.directory, disk.dump),
+                    "size_mib": disk.size_mib} for index, disk in enumerate(result.disks)]))
+    elif opts.submit_import:
+        ToStdout("Instance %s imported", name)
+    elif next_step:
+        ToStdout("Import it with: %s", next_step)
     return 0
 
 
@@ -304,8 +406,25 @@ def ShowPackageInfo(opts, args):
     if opts.output_format == "json":
         ToStdout("%s", describe.to_json(document))
     else:
-        ToStdout("%s", describe.to_text(document))
+        ToStdout("%s", _printable_lines(describe.to_text(document)))
+    problem = _verification_problem(document) if opts.verify else None
+    if problem is not None:
+        ToStderr("Failure: %s: %s", printable(args[0]), printable(problem))
+        return EXIT_FAILURE
     return 0
+
+
+def _verification_problem(document: dict):
+    """Why `info --verify` must fail: a manifest that does not parse or whose
+    digests do not match, or a signature that does not verify."""
+    manifest, signature = document["manifest"], document["signature"]
+    if manifest is not None and not manifest["valid"]:
+        return "manifest refused: %s" % manifest["error"]
+    if manifest is not None and manifest.get("verified") is False:
+        return "verification failed: %s" % manifest["error"]
+    if signature is not None and not signature["valid"]:
+        return "signature refused: %s" % signature["error"]
+    return None
 
 
 @_library_errors
@@ -319,11 +438,10 @@ def ExportPackage(opts, args):
     @return: the desired exit code
 
     """
-    feedback = _feedback(opts)
+    started, warnings = time.monotonic(), []
+    feedback = _feedback(opts, warnings)
     source = args[0]
     jobs.check_export_options(opts, source)
-    if opts.node:
-        source = jobs.export_first(opts, source, feedback)
     request = exporter.ExportRequest(
         source=source, output_dir=opts.output_dir or ".",
         export_dir=pathutils.EXPORT_DIR,
@@ -335,8 +453,21 @@ def ExportPackage(opts, args):
         chunk_size=exporter.parse_chunk_size(opts.chunk_size),
         sign_key=opts.sign_key, sign_cert=opts.sign_cert,
         force=opts.force)
+    if opts.node:
+        instance = jobs.export_first(
+            opts, source, feedback,
+            check=lambda instance: exporter.check_target(request, instance))
+        request = dataclasses.replace(request, source=instance)
     result = exporter.export_package(request, feedback)
-    ToStdout("Package written to %s", result.path)
+    if opts.output_format == "json":
+        system = result.appliance.systems[0]
+        ToStdout("%s", _result_json(
+            "export", started, warnings, instance=system.name, path=result.path,
+            kind="ova" if opts.ova else "ovf",
+            disks=[{"index": index, "file": disk.file.href if disk.file else None,
+                    "capacity": disk.capacity} for index, disk in enumerate(system.disks)]))
+    else:
+        ToStdout("Package written to %s", result.path)
     return 0
 
 
@@ -351,16 +482,19 @@ def ShowStatus(opts, args):
     @return: the desired exit code
 
     """
-    records, problems = status.list_conversions()
+    records, problems = status.list_conversions(status.STATUS_DIR)
     if args:
         records = [record for record in records if record.instance in args]
     rows = status.to_rows(records)
     for problem in problems:
-        ToStderr("WARNING: %s", problem)
+        ToStderr("WARNING: %s", printable(problem))
     if opts.output_format == "json":
         ToStdout("%s", json.dumps(rows, indent=2, sort_keys=True))
     else:
-        ToStdout("%s", status.to_text(rows))
+        ToStdout("%s", _printable_lines(status.to_text(rows)))
+        skip = status.read_skip(status.STATUS_DIR)
+        if skip is not None and (not args or skip["instance"] in args):
+            ToStdout("%s", printable(status.skip_to_text(skip)))
     return 0
 
 
@@ -421,6 +555,13 @@ def hoist_positionals(argv: list, table: dict) -> list:
 
 
 def Main():
+    for each in CLEANUP_SIGNALS:
+        signal.signal(each, _interrupted)
+    if sys.argv[1:] == ["--version"]:
+        # GenericMain's --version names only Ganeti's release.
+        ToStdout("gnt-ovf %s (Ganeti %s)", ganeti_ovf.__version__,
+                 constants.RELEASE_VERSION)
+        return 0
     sys.argv = hoist_positionals(sys.argv, commands)
     return cli.GenericMain(commands, aliases=aliases)
 

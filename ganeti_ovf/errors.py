@@ -1,9 +1,27 @@
-"""The library's one error hierarchy.
+"""The library's one error hierarchy, and package text made safe to print.
 
 Every module raises a subclass of OvfError for bad input or a failed step; only
 the command layer (cli.py) turns these into Ganeti's errors.  Messages are one
-line and name the file, field or rule at fault.
+line and name the file, field or rule at fault.  Messages quote names and
+values from packages, which may hold terminal escapes or bidirectional
+overrides: `printable` escapes them before a message reaches a terminal or a
+log.
 """
+
+import re
+
+# C0 and C1 controls (escape sequences, carriage return, newline) and the
+# Unicode characters that reorder or hide text (bidi embeddings, overrides
+# and isolates, marks, line and paragraph separators).
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                         "\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with every UNPRINTABLE character written as a Python escape
+    (\\x1b, \\u202e): one line, shown as it is, on a terminal or in a log."""
+    return UNPRINTABLE.sub(lambda found: found.group().encode("unicode_escape")
+                           .decode("ascii"), text)
 
 
 class OvfError(Exception):

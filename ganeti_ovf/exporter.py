@@ -256,6 +256,17 @@ def _disk_producer(request: ExportRequest, source: str, capacity: int, href: str
 # ------------------------------------------------------------ the pipeline
 
 
+def check_target(request: ExportRequest, instance: str) -> None:
+    """What export_package would refuse before reading a byte (the options,
+    a result that already exists), for an export of `instance` that a
+    Ganeti job must make first: checked before that job runs."""
+    check_request(request)
+    name = plan.instance_name(request.name or instance)
+    target = name + ".ova" if request.ova else name
+    _check_absent(os.path.join(publish.output_directory(request.output_dir), target),
+                  request.force)
+
+
 def export_package(request: ExportRequest, feedback: Feedback) -> ExportResult:
     """Convert a Ganeti export into an OVF package or an OVA."""
     check_request(request)
@@ -263,7 +274,7 @@ def export_package(request: ExportRequest, feedback: Feedback) -> ExportResult:
     export = ganeti_export.read_export(config_path)
     system = export.system
     name = plan.instance_name(request.name or system.name)
-    output_dir = os.path.abspath(request.output_dir)
+    output_dir = publish.output_directory(request.output_dir)
     for stale in publish.clean_stale_staging(output_dir):
         feedback("Removed staging left by an interrupted run: %s" % stale)
 

@@ -40,8 +40,8 @@ from ganeti_ovf import exporter, publish
 from ganeti_ovf.cluster import status
 from ganeti_ovf.cluster.hook_config import (CONFIG_ENV, CONFIG_PATH, HookConfig, HookError,
                                             HookEvent, check_instance_name, config_skip_reason,
-                                            load_config, skip_reason)
-from ganeti_ovf.errors import OvfError
+                                            is_this_node, load_config, skip_reason)
+from ganeti_ovf.errors import OvfError, printable
 
 LOG_FILE = os.path.join(pathutils.LOG_DIR, "ovf-export.log")
 PROGRAM = "ganeti-ovf-export"
@@ -175,17 +175,19 @@ def _convert(job: Job) -> str:
         _copy_fd(fd, os.path.join(job.spool, name))
         os.close(fd)
     final = output_name(record, config.ova)
+    output_dir = publish.output_directory(config.output_dir)
     # Staging directories of killed workers (their flock is free).
-    for stale in publish.clean_stale_staging(config.output_dir):
+    for stale in publish.clean_stale_staging(output_dir):
         logging.info("%s: removed stale staging %s", record.conversion_id, stale)
-    with publish.Staging(config.output_dir, final) as staging:
+    with publish.Staging(output_dir, final) as staging:
         request = exporter.ExportRequest(
             source=job.spool, output_dir=staging.path, export_dir=job.export_dir,
             disk_format=config.disk_format, compress=config.compress, ova=config.ova,
             external=config.external, manifest_algorithm=config.manifest_algorithm,
             ovf_version=config.ovf_version)
         result = exporter.export_package(
-            request, lambda message: logging.info("%s: %s", record.conversion_id, message))
+            request, lambda message: logging.info("%s: %s", record.conversion_id,
+                                                  printable(message)))
         if config.ova:
             return staging.publish_file(os.path.basename(result.path))
         publish.rename_noreplace(result.path, staging.target)
@@ -231,6 +233,7 @@ def run_job(job: Job) -> status.Conversion:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         if isinstance(err, OSError) and err.strerror:
             reason = "%s%s" % (err.strerror, ": %s" % err.filename if err.filename else "")
+        reason = printable(reason)
         logging.error("%s: conversion of %s failed: %s", record.conversion_id,
                       record.instance, reason,
                       exc_info=not isinstance(err, OvfError))
@@ -313,21 +316,36 @@ def detach(work: Callable[[], object], keep_fds: tuple = (),
         os._exit(code)
 
 
+def _log_skip(event: HookEvent, reason: str) -> None:
+    """One log line saying why this export is not converted; `gnt-ovf status`
+    shows the last one."""
+    logging.info("Not converting the export of %s: %s", event.instance, reason)
+    status.write_skip(status.STATUS_DIR, event.instance, reason)
+
+
 def main(env: Optional[Mapping[str, str]] = None,
          this_node: Optional[str] = None) -> int:
     """The hook: decide, snapshot, detach the worker; 0 unless misconfigured."""
     env = os.environ if env is None else env
     event = HookEvent.from_env(env)
     node = this_node or netutils.Hostname.GetSysName()
-    if skip_reason(event, node) is not None:
+    reason = skip_reason(event, node)
+    if reason is not None:
+        # Ganeti runs the hook on the master, the primary and the target
+        # node: say why on the nodes that are not the target.  Any other
+        # reason (phase, opcode, mode) is not an export at all: stay silent.
+        if event.op_code == "OP_BACKUP_EXPORT" and not is_this_node(event.export_node, node) \
+                and event.phase == constants.HOOKS_PHASE_POST:
+            setup_logging()
+            _log_skip(event, reason)
         return 0
-    setup_logging()
     config_path = env.get(CONFIG_ENV) or CONFIG_PATH
+    setup_logging()
     try:
         config = load_config(config_path)
         reason = config_skip_reason(event, config)
         if reason is not None:
-            logging.debug("Not converting the export of %s: %s", event.instance, reason)
+            _log_skip(event, reason)
             return 0
         instance = check_instance_name(event.instance)
         # The record comes first and names this process: a spool directory
@@ -347,7 +365,7 @@ def main(env: Optional[Mapping[str, str]] = None,
                 status.FAILED, error="cannot snapshot the export: %s" % err))
             raise
     except (OvfError, OSError) as err:
-        message = "ganeti-ovf export hook: %s" % err
+        message = "ganeti-ovf export hook: %s" % printable(str(err))
         logging.error("%s", message)
         sys.stderr.write(message + "\n")  # Ganeti shows it in the job's warning
         return 1

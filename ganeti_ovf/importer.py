@@ -56,6 +56,7 @@ class ImportResult:
     plan: Plan
     config_text: str
     warnings: tuple
+    disks: tuple = ()  # ExportedDisk: the dumps in `directory`, by index
 
 
 def read_package(package: Package, profile: Optional[str]) -> Appliance:
@@ -139,7 +140,7 @@ def check_manifest(package: Package, referenced: list, require: bool,
 
 def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
     """Convert an OVF/OVA package into a Ganeti export directory."""
-    output_dir = os.path.abspath(request.output_dir)
+    output_dir = publish.output_directory(request.output_dir)
     for name in publish.clean_stale_staging(output_dir):
         logging.info("Removed staging left by an interrupted run: %s", name)
 
@@ -180,7 +181,7 @@ def import_package(request: ImportRequest, feedback: Feedback) -> ImportResult:
                 handle.write(config)
             directory = staging.publish_directory(replace=request.force)
     return ImportResult(directory=directory, plan=plan, config_text=config,
-                        warnings=tuple(warnings))
+                        warnings=tuple(warnings), disks=tuple(exported))
 
 
 def _check_sizes(system: VirtualSystem, members: dict, max_size: int) -> list:

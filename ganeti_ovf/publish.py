@@ -7,6 +7,15 @@ the output directory, so the final rename never crosses filesystems and Ganeti
 staging directory is flock()ed while in use: a later run removes those whose
 lock is free (left by a killed run).  The rename refuses to replace anything
 (renameat2 RENAME_NOREPLACE), and a per-name lock serialises concurrent runs.
+
+The output directory is checked first (output_directory): root must not work
+in a directory that another user can change under it, since renaming the
+staging directory away and putting a link in its place would redirect
+root's writes onto any file.  Every directory on the way must belong to root
+(or to the user running gnt-ovf, or to Ganeti's daemon users) and be writable
+by nobody else, except
+root's sticky directories such as /tmp, where others cannot move our
+entries.  The path is resolved once and only the resolved path is used.
 """
 
 import ctypes
@@ -14,9 +23,12 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from ganeti import errors, runtime
 
 from ganeti_ovf.errors import PublishError
 
@@ -46,6 +58,63 @@ def rename_noreplace(source: str, target: str) -> None:
         raise PublishError("%s: cannot put in place: %s"
                            % (target, os.strerror(errno.EEXIST)))
     os.rename(source, target)
+
+
+def _trusted_ids() -> tuple:
+    """(uids, gids) that may own the output directory's path: root, the user
+    running gnt-ovf, and Ganeti's own daemon users and groups (they own
+    /var/lib/ganeti; whoever controls them controls the cluster already)."""
+    uids, gids = {0, os.geteuid()}, {0}
+    try:
+        ents = runtime.GetEnts()
+    except errors.GenericError:  # Ganeti's users are not set up here
+        return uids, gids
+    for name, value in vars(ents).items():
+        if name.endswith("_uid"):
+            uids.add(value)
+        elif name.endswith("_gid") and name != "admin_gid":
+            gids.add(value)
+    return uids, gids
+
+
+def _unsafe_directory(info: os.stat_result, trusted: tuple) -> str:
+    """Why another user could change the entries of a directory ("" if
+    nobody untrusted can)."""
+    uids, gids = trusted
+    if info.st_uid not in uids:
+        return "belongs to uid %d" % info.st_uid
+    sticky = bool(info.st_mode & stat.S_ISVTX)
+    if info.st_mode & stat.S_IWOTH and not sticky:
+        return "is writable by every user"
+    if info.st_mode & stat.S_IWGRP and info.st_gid not in gids and not sticky:
+        return "is writable by group %d" % info.st_gid
+    return ""
+
+
+def output_directory(path: str) -> str:
+    """The output directory `path`, resolved, once checked that no other user
+    can change it or a directory above it; PublishError naming the culprit.
+    A missing tail is fine: it is created later, by root, private."""
+    resolved = os.path.realpath(path)
+    trusted = _trusted_ids()
+    current = "/"
+    for part in [""] + [p for p in resolved.split("/") if p]:
+        current = os.path.join(current, part) if part else "/"
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            break
+        except OSError as err:
+            raise PublishError("%s: cannot check output directory: %s"
+                               % (current, err.strerror))
+        if not stat.S_ISDIR(info.st_mode):
+            raise PublishError("%s: the output directory is not a directory" % current)
+        problem = _unsafe_directory(info, trusted)
+        if problem:
+            raise PublishError("%s: refused as (part of) the output directory: it %s,"
+                               " who could redirect what gnt-ovf writes there"
+                               % (current, problem))
+    return resolved
 
 
 def clean_stale_staging(output_dir: str) -> list[str]:

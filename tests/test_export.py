@@ -460,3 +460,21 @@ def test_failure_while_writing_leaves_nothing(tmp_path, args):
     with pytest.raises(_Interrupted):
         exporter.export_package(request, feedback)
     assert os.listdir(str(out)) == ["unrelated"]
+
+
+def test_export_json_result_for_scripts(tmp_path):
+    directory = str(tmp_path / "inst1.example.com")
+    write_ganeti3_export(directory, disks_mib=(6, 2))
+    out = str(tmp_path / "out")
+    result = run_gnt_ovf("export", "--output=json", "--ova", "--format", "cow",
+                         "--output-dir", out, directory, check=True)
+    doc = json.loads(result.stdout)
+    assert (doc["schema_version"], doc["command"], doc["instance"], doc["kind"],
+            doc["path"]) == (1, "export", "inst1.example.com", "ova",
+                             os.path.join(out, "inst1.example.com.ova"))
+    assert [(d["index"], d["file"], d["capacity"]) for d in doc["disks"]] == [
+        (0, "inst1.example.com-disk0.qcow2", 6 * MIB),
+        (1, "inst1.example.com-disk1.qcow2", 2 * MIB)]
+    # The warning went to standard error, and into the object.
+    assert "format 'cow' is written as qcow2" in result.stderr
+    assert [w for w in doc["warnings"] if "format 'cow' is written as qcow2" in w]

@@ -196,3 +196,32 @@ def test_full_disk_clean_error_nothing_left(tmp_path, small_fs, layout):
     # the conversion meets the full file system.
     assert "No space left on device" in line or "bytes free" in line, line
     assert os.listdir(small_fs) == []
+
+
+# ------------------------------------------------------------------ signals
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT],
+                         ids=["SIGTERM", "SIGHUP", "SIGINT"])
+def test_signal_cleans_up_like_ctrl_c(big, tmp_path, signum):
+    scene, package, _digest = big
+    out = str(tmp_path / "out")
+    process = subprocess.Popen([sys.executable, "-m", "ganeti_ovf", "import",
+                                "--output-dir", out, package], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while process.poll() is None and staged_disk(out) < BIG // 4:
+            time.sleep(0.002)
+        finished = process.poll() is not None
+        process.send_signal(signum)
+        _out, err = process.communicate(timeout=120)
+    finally:
+        kill_own_children(out)
+    if finished:  # beat the signal: then it must have succeeded whole
+        assert process.returncode == 0, err
+        return
+    assert process.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "Failure: interrupted by %s; nothing was written" \
+        % signum.name, err
+    assert os.listdir(out) == []  # no staging directory, no lock, no export

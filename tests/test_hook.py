@@ -8,6 +8,7 @@ OVA that imports back into an instance with the same disk bytes, while a
 conversion that cannot be written leaves a "failed" status and a log line.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -49,8 +50,51 @@ def test_no_op_outside_a_local_export_here(changes, tmp_path, monkeypatch):
     config = tmp_path / "ovf-export.conf"
     config.write_text("not an ini file")
     env = dict(EXPORT_ENV, **changes, GANETI_OVF_EXPORT_CONF=str(config))
-    monkeypatch.setattr(hook, "setup_logging", lambda: pytest.fail("logging set up"))
+    monkeypatch.setattr(status, "STATUS_DIR", str(tmp_path / "status"))
+    elsewhere = "GANETI_EXPORT_NODE" in changes  # an export, to another node
+    monkeypatch.setattr(hook, "setup_logging",
+                        (lambda: None) if elsewhere else (lambda: pytest.fail("logging set up")))
     assert hook.main(env, this_node=THIS) == 0
+    skip = status.read_skip(str(tmp_path / "status"))
+    assert (skip is not None and "not to this node" in skip["reason"]) == elsewhere
+
+
+def test_skips_are_logged_with_their_reason(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(status, "STATUS_DIR", str(tmp_path / "status"))
+    monkeypatch.setattr(hook, "setup_logging", lambda: None)
+    caplog.set_level("INFO")
+    # The hook also runs on the master and the primary: they say why not.
+    other = dict(EXPORT_ENV, GANETI_EXPORT_NODE="node2.example.com")
+    assert hook.main(other, this_node=THIS) == 0
+    assert "Not converting the export of inst1.example.com: the export went to" \
+        " 'node2.example.com', not to this node" in caplog.text
+    # The configuration leaves it alone: not enabled, or the tag is missing.
+    config = tmp_path / "ovf-export.conf"
+    config.write_text("[ovf-export]\nenabled = no\n")
+    assert hook.main(dict(EXPORT_ENV, GANETI_OVF_EXPORT_CONF=str(config)),
+                     this_node=THIS) == 0
+    assert status.read_skip(str(tmp_path / "status"))["reason"] == "the hook is not enabled"
+    config.write_text("[ovf-export]\nenabled = yes\ntags = ovf-only\n")
+    assert hook.main(dict(EXPORT_ENV, GANETI_OVF_EXPORT_CONF=str(config)),
+                     this_node=THIS) == 0
+    skip = status.read_skip(str(tmp_path / "status"))
+    assert skip["instance"] == "inst1.example.com"
+    assert skip["reason"] == "instance inst1.example.com has none of the tags ovf-only"
+    assert status.skip_to_text(skip).startswith("Last skipped export: inst1.example.com at ")
+    assert caplog.text.count("Not converting the export of") == 3
+    assert status.list_conversions(str(tmp_path / "status")) == ([], [])
+
+
+def test_hook_without_its_library_exits_quietly(tmp_path):
+    # After `dpkg -r ganeti-ovf` the hook stays behind as a conffile: it must
+    # not fail every later gnt-backup export.
+    env = {"PATH": "/usr/bin:/bin", "GANETI_OVF_PYTHONPATH": str(tmp_path)}
+    script = tmp_path / "ovf-export"
+    # A copy of the hook that cannot see the checkout's library.
+    script.write_text(open(os.path.join(ROOT, "hooks", "ovf-export")).read())
+    result = subprocess.run(["/usr/bin/python3", "-I", str(script)], env=env,
+                            capture_output=True, text=True, check=False, cwd=str(tmp_path))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
 def test_refused_config_fails_the_hook_with_one_line(tmp_path, monkeypatch, capsys):
@@ -81,6 +125,53 @@ def test_status_round_trip_and_listing(tmp_path):
     text = status.to_text(status.to_rows(records))
     assert "disk full" in text.splitlines()[2] and "failed" in text
     assert status.list_conversions(str(tmp_path / "absent")) == ([], [])
+
+
+@pytest.mark.parametrize("fields", [
+    {"created": "yesterday"}, {"updated": None}, {"pid": "1"}, {"pid": True},
+    {"instance": 7}, {"error": ["x"]}, {"state": "done", "output": {"a": 1}},
+], ids=["created-text", "updated-null", "pid-text", "pid-bool", "instance-number",
+        "error-list", "output-object"])
+def test_malformed_status_file_skipped_with_a_warning(tmp_path, fields):
+    directory = tmp_path / "status"
+    good = hook.new_record("a.example.com", now=1000.0)
+    status.write(str(directory), good)
+    bad = dict(dataclasses.asdict(hook.new_record("b.example.com", now=2000.0)), **fields)
+    (directory / (bad["conversion_id"] + ".json")).write_text(json.dumps(bad))
+    records, problems = status.list_conversions(str(directory))
+    assert records == [good]
+    (problem,) = problems
+    assert "not a conversion status" in problem
+    status.to_text(status.to_rows(records))  # and the listing still works
+    # The command as a whole: a warning, the good record, exit 0.
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, %r)\n"
+         "from ganeti_ovf.cluster import status\n"
+         "status.STATUS_DIR = %r\n"
+         "from ganeti_ovf import cli\n"
+         "sys.argv = ['gnt-ovf', 'status']\n"
+         "sys.exit(cli.Main())" % (ROOT, str(directory))],
+        capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: " in result.stderr and "a.example.com" in result.stdout
+
+
+def test_prune_never_deletes_outside_the_status_directory(tmp_path):
+    directory = tmp_path / "status"
+    victim = tmp_path / "victim.json"
+    victim.write_text("precious")
+    for index in range(3):
+        status.write(str(directory), hook.new_record("a", now=1000.0 + index).with_state(
+            status.DONE, output="/x"))
+    forged = dict(dataclasses.asdict(hook.new_record("a", now=10.0).with_state(
+        status.DONE, output="/y")), conversion_id="../victim")
+    (directory / "forged.json").write_text(json.dumps(forged))
+    records, problems = status.list_conversions(str(directory))
+    assert len(records) == 3
+    assert "conversion id '../victim' does not name this file" in problems[0]
+    status.prune(str(directory), "a", keep=0)
+    assert victim.read_text() == "precious"
+    assert sorted(os.listdir(directory)) == ["forged.json"]
 
 
 def test_dead_worker_reported_lost(tmp_path):
@@ -330,6 +421,12 @@ def test_export_hook_converts_on_the_cluster(hooked_cluster):
     assert record.output.endswith(".ova")
     assert not [r for r in status.list_conversions(cluster.host_path(STATUS))[0]
                 if r.instance == untagged]  # no tag, no conversion
+    with open(cluster.host_path(LOG), encoding="utf-8") as handle:
+        assert "Not converting the export of %s: instance %s has none of the tags %s" % (
+            untagged, untagged, HOOK_TAG) in handle.read()
+    shown = cluster.run(["/usr/bin/python3", "-m", "ganeti_ovf", "status"],
+                        checkout_on_path=True).stdout
+    assert "Last skipped export: %s at " % untagged in shown
     listing = cluster.run(["/usr/bin/python3", "-m", "ganeti_ovf", "status",
                            "--output=json", source], checkout_on_path=True).stdout
     assert [(row["state"], row["output"]) for row in json.loads(listing)] == [

@@ -241,6 +241,27 @@ def test_info_of_built_package(tmp_path):
     assert "digests verified" in text
 
 
+def test_info_verify_fails_loudly_on_a_digest_mismatch(tmp_path):
+    workdir = str(tmp_path / "pkg")
+    package, _ = build_package(workdir, disks=(("raw", 4 * MIB),))
+    disk = os.path.join(workdir, "appliance-disk0.img")
+    with open(disk, "r+b") as handle:
+        handle.seek(MIB)
+        handle.write(b"tampered")
+    plain = run_gnt_ovf("info", package)
+    assert plain.returncode == 0, plain.stderr  # without --verify, no digest is read
+    result = run_gnt_ovf("info", "--verify", package)
+    assert result.returncode == 1
+    assert "VERIFICATION FAILED" in result.stdout  # the description is still shown
+    lines = failure_lines(result)
+    assert len(lines) == 1
+    assert lines[0].startswith("Failure: %s: verification failed: appliance-disk0.img:"
+                               " SHA256 digest mismatch" % package), lines
+    as_json = run_gnt_ovf("info", "--verify", "--output=json", package)
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stdout)["manifest"]["verified"] is False
+
+
 def test_max_disk_size(tmp_path):
     package, _ = build_package(str(tmp_path / "pkg"), disks=(("vmdk", 64 * MIB),))
     out = str(tmp_path / "out")
@@ -264,3 +285,25 @@ def test_wrong_ovf_size_warns(tmp_path):
     assert "ovf:size says 12345 bytes" in result.stderr
     directory, cfg = imported(str(tmp_path / "out"))
     assert sha256_file(os.path.join(directory, "disk0.raw")) == sha256_file(raws[0])
+
+
+def test_import_json_result_for_scripts(tmp_path):
+    package, raws = build_package(str(tmp_path / "pkg"), disks=(("vmdk", 8 * MIB),
+                                                                ("raw", 4 * MIB)))
+    out = str(tmp_path / "out")
+    result = run_gnt_ovf("import", "--output=json", "--output-dir", out, package,
+                         check=True)
+    doc = json.loads(result.stdout)  # stdout is the object and nothing else
+    directory = os.path.join(out, "appliance.example.com")
+    assert (doc["schema_version"], doc["command"], doc["instance"], doc["directory"],
+            doc["submitted"]) == (1, "import", "appliance.example.com", directory, False)
+    assert [(d["index"], d["path"], d["size_mib"]) for d in doc["disks"]] == [
+        (0, os.path.join(directory, "disk0.raw"), 8),
+        (1, os.path.join(directory, "disk1.raw"), 4)]
+    for disk, raw in zip(doc["disks"], raws, strict=True):
+        assert sha256_file(disk["path"]) == sha256_file(raw)
+    assert doc["next_step"] is None  # not importable from there: the warning says why
+    assert [w for w in doc["warnings"]
+            if w.startswith("%s is outside Ganeti's export directory" % directory)]
+    assert [w for w in doc["warnings"] if w.startswith("the package names no Ganeti OS")]
+    assert isinstance(doc["seconds"], float) and doc["seconds"] >= 0

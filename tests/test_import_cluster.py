@@ -10,9 +10,11 @@ appliance's bytes.
 """
 
 import os
+import shlex
 
 import pytest
-from nscluster import EXPORT_DIR
+from conftest import ROOT
+from nscluster import EXPORT_DIR, NODE
 from packaging import MIB, build_package, sha256_file
 
 
@@ -25,15 +27,25 @@ def test_foreign_ova_imports_into_ganeti(ganeti_cluster, tmp_path, os_args, suff
     package, raws = build_package(workdir, disks=(("vmdk", 16 * MIB),), ova=True,
                                   system_name=name)
     inner_package = cluster.inner_path(package)
-    cluster.run(["/usr/bin/python3", "-m", "ganeti_ovf", "import", *os_args,
-                 "--disk-template", "file", "--net", "0:ip=%s" % ip, inner_package],
-                checkout_on_path=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    # Without a template the printed next step names the cluster's default.
+    template_args = ("--disk-template", "file") if os_args else ()
+    converted = cluster.run(["/usr/bin/python3", "-m", "ganeti_ovf", "import", *os_args,
+                             *template_args, "--net", "0:ip=%s" % ip, inner_package],
+                            checkout_on_path=True, cwd=ROOT)
     export_dir = os.path.join(EXPORT_DIR, name)
+    next_step = "gnt-backup import -n %s --src-node %s --src-dir %s -t file %s" % (
+        NODE, NODE, export_dir, name)
+    assert "Import it with: %s\n" % next_step in converted.stdout
     assert os.path.isfile(cluster.host_path(export_dir + "/config.ini"))
     listed = cluster.run(["gnt-backup", "list", "--no-headers"]).stdout
     assert name in listed
     try:
-        cluster.import_instance(name, export_dir, ip=None, disk_template=None)
+        if os_args:
+            cluster.import_instance(name, export_dir, ip=None, disk_template=None)
+        else:  # the printed command as it is (the test cluster's policy aside)
+            words = shlex.split(next_step)
+            cluster.run(words[:2] + ["--no-name-check", "--no-ip-check",
+                                     "--ignore-ipolicy"] + words[2:])
         info = cluster.instance_info(name)
         assert info["be/vcpus"] == 2 and info["be/maxmem"] == 512
         assert info["nic.ips"] == [ip]

@@ -80,6 +80,30 @@ def destdir(tmp_path) -> str:
 # ------------------------------------------------------------------ make install
 
 
+def test_install_under_usr_local_is_found_by_debians_python(tmp_path):
+    destdir = str(tmp_path / "root")
+    result = subprocess.run(["make", "-s", "-C", ROOT, "install", "DESTDIR=%s" % destdir,
+                             "PREFIX=/usr/local"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    search_path = subprocess.run([PYTHON, "-c", "import sys; print('\\n'.join(sys.path))"],
+                                 capture_output=True, text=True, check=True).stdout.split()
+    library = [d for d in search_path if d.startswith("/usr/local/")
+               and os.path.isfile(os.path.join(destdir + d, "ganeti_ovf", "cli.py"))]
+    assert library, search_path
+    assert os.path.isfile(os.path.join(destdir, "usr/local/sbin/gnt-ovf"))
+
+
+def test_install_refuses_a_prefix_python_does_not_search(tmp_path):
+    destdir = str(tmp_path / "root")
+    result = subprocess.run(["make", "-s", "-C", ROOT, "install", "DESTDIR=%s" % destdir,
+                             "PREFIX=/opt/ganeti-ovf"], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode != 0
+    assert "does not search a library directory under PREFIX=/opt/ganeti-ovf" \
+        in result.stderr
+    assert not os.path.exists(destdir)
+
+
 def test_install_puts_exactly_the_expected_files(destdir):
     assert installed_files(destdir) == sorted(expected_files())
 

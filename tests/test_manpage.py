@@ -263,3 +263,90 @@ def test_security_section_names_the_relaxing_options(text):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+# ------------------------------------------------------------------ man -> help
+
+
+def option_entries(subsection: str) -> Dict[str, str]:
+    """The option entries of a command's subsection: each option string of a
+    tag line (indented 7) -> the entry's text (tag and body)."""
+    entries: Dict[str, str] = {}
+    tag_options: List[str] = []
+    body: List[str] = []
+
+    def close() -> None:
+        for option in tag_options:
+            entries[option] = " ".join(body)
+
+    for line in subsection.splitlines():
+        if re.match(r" {7}-", line):
+            close()
+            tag_options = re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", line)
+            body = [line.strip()]
+        elif tag_options and (line.startswith(" " * 14) or not line.strip()):
+            body.append(line.strip())
+        else:
+            close()
+            tag_options, body = [], []
+    close()
+    return entries
+
+
+@pytest.mark.parametrize("command", sorted(cli.commands))
+def test_every_documented_option_exists(text, command):
+    # The other direction: the manual documents no option the command lacks.
+    documented = option_entries(sections(text)[command.upper()])
+    real = {string for cmd, string in option_strings() if cmd == command}
+    assert documented, command
+    assert sorted(set(documented) - real) == []
+
+
+def _simple_default(option):
+    if isinstance(option.default, bool) or option.default in (None, "", [], {}):
+        return None
+    if isinstance(option.default, (str, int)):
+        return str(option.default)
+    return None
+
+
+@pytest.mark.parametrize("command", sorted(cli.commands))
+def test_documented_defaults_match_the_code(text, command):
+    entries = option_entries(sections(text)[command.upper()])
+    checked = 0
+    for option in cli.commands[command][2]:
+        default = _simple_default(option)
+        long_opt = option._long_opts[0] if option._long_opts else None
+        if default is None or long_opt not in entries:
+            continue
+        entry = entries[long_opt]
+        assert re.search(r"Default: %s\b" % re.escape(default), entry), (long_opt, entry)
+        # The --help text states the same default, where it states one.
+        match = re.search(r"\(default: ([^;)]*)", option.help or "")
+        if match:
+            assert match.group(1).split()[0].rstrip(",.") == default, (long_opt, option.help)
+        checked += 1
+    assert checked or command in ("info", "status", "import")
+
+
+def test_shutdown_timeout_is_seconds_everywhere(text):
+    option = [o for o in cli.export_opts if "--shutdown-timeout" in o._long_opts][0]
+    entry = option_entries(sections(text)["EXPORT"])["--shutdown-timeout"]
+    assert "seconds" in option.help and "minutes" not in option.help
+    assert "seconds" in entry and "minutes" not in entry
+
+
+def test_export_name_help_describes_the_export_default():
+    option = [o for o in cli.export_opts if "--name" in o._long_opts][0]
+    assert "(default: the instance name in config.ini)" in option.help
+
+
+def test_version_names_the_tool_and_ganeti():
+    import ganeti_ovf
+    from ganeti import constants
+
+    result = subprocess.run([PYTHON, "-m", "ganeti_ovf", "--version"], cwd=ROOT,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "gnt-ovf %s (Ganeti %s)\n" % (ganeti_ovf.__version__,
+                                                         constants.RELEASE_VERSION)

@@ -155,22 +155,35 @@ def _put_nic(put, index: int, nic: Nic) -> None:
 # ---------------------------------------------------------------- reading
 
 
+def is_path(source: str) -> bool:
+    """Whether export's SOURCE names a path rather than an instance: it has
+    a directory part, starts with a dot, or is a config.ini.  A bare name is
+    always an instance, even when the current directory holds a folder of
+    that name (the OVF folder an earlier export wrote there)."""
+    return os.sep in source or source.startswith(".") or source == CONFIG_NAME
+
+
 def find_config(source: str, export_dir: str) -> str:
-    """The config.ini that SOURCE names: the file, its directory, or an
-    instance name in Ganeti's export directory."""
-    if os.path.isdir(source):
-        path = os.path.join(source, CONFIG_NAME)
-    elif os.path.isfile(source):
-        path = source
-    elif os.sep not in source and os.path.isdir(os.path.join(export_dir, source)):
-        path = os.path.join(export_dir, source, CONFIG_NAME)
-    else:
-        raise ConfigError("%s: no such Ganeti export (not a config.ini, an export"
-                          " directory or an instance name under %s)"
-                          % (source, export_dir))
+    """The config.ini that SOURCE names: the file or its directory (a path),
+    or an instance's export in Ganeti's export directory (a bare name)."""
+    if is_path(source):
+        path = os.path.join(source, CONFIG_NAME) if os.path.isdir(source) else source
+        if not os.path.isfile(path):
+            raise ConfigError("%s: no such Ganeti export (not a config.ini or an export"
+                              " directory holding one)" % source)
+        return path
+    instance_dir = os.path.join(export_dir, source)
+    path = os.path.join(instance_dir, CONFIG_NAME)
+    try:
+        os.stat(path)
+    except PermissionError:
+        raise ConfigError("%s: permission denied: run gnt-ovf as root" % path)
+    except OSError:
+        raise ConfigError("%s: no export of instance %s in %s (make one with gnt-backup"
+                          " export or gnt-ovf export -n NODE; for a directory here,"
+                          " write ./%s)" % (source, source, export_dir, source))
     if not os.path.isfile(path):
-        raise ConfigError("%s: no config.ini in this export directory"
-                          % os.path.dirname(path))
+        raise ConfigError("%s: not a regular file" % path)
     return path
 
 

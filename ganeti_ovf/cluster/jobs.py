@@ -12,9 +12,10 @@ Jobs are sent through ganeti.cli (SubmitOrSend, SubmitOpCode), so --submit,
 """
 
 import os
+import shlex
 from typing import Callable
 
-from ganeti import cli, constants, netutils, opcodes, pathutils
+from ganeti import cli, constants, errors, netutils, opcodes, pathutils
 
 from ganeti_ovf.cluster import ganeti_export
 from ganeti_ovf.errors import OptionError
@@ -92,6 +93,24 @@ def import_opcode(system: VirtualSystem, directory: str,
         compress=constants.IEC_NONE, wait_for_sync=True)
 
 
+def backup_import_command(system: VirtualSystem, directory: str) -> str:
+    """The gnt-backup import command, ready to paste, that imports the export
+    `directory` on this node: the package's disk template, or the cluster's
+    default one when the package names none (asked of the master; left out
+    if the master cannot be reached, and Ganeti then picks that default)."""
+    node = this_node()
+    template = system.ganeti.disk_template if system.ganeti else None
+    if template is None:
+        try:
+            template = cli.GetClient().QueryClusterInfo()["enabled_disk_templates"][0]
+        except (errors.GenericError, OSError, KeyError, IndexError, TypeError):
+            template = None
+    words = ["gnt-backup", "import", "-n", node, "--src-node", node, "--src-dir", directory]
+    if template:
+        words += ["-t", template]
+    return " ".join(shlex.quote(word) for word in words + [system.name])
+
+
 def submit_import(system: VirtualSystem, directory: str, opts) -> object:
     """Submit the import job; wait for it unless --submit (then raises
     ganeti's JobSubmittedException, which GenericMain prints)."""
@@ -109,7 +128,7 @@ def check_export_options(opts, source: str) -> None:
         if given:
             raise OptionError("%s applies only with --node" % given[0])
         return
-    if not source or os.sep in source or source.startswith("."):
+    if not source or ganeti_export.is_path(source):
         raise OptionError("with --node, %r must be an instance name" % source)
 
 
@@ -120,12 +139,14 @@ def _one_name(found: list, what: str, given: str) -> str:
 
 
 def export_first(opts, source: str, feedback: Feedback,
-                 export_dir: str = pathutils.EXPORT_DIR, client=None) -> str:
+                 export_dir: str = pathutils.EXPORT_DIR, client=None,
+                 check: Callable[[str], None] = lambda _instance: None) -> str:
     """Make sure this node holds a current export of instance `source`.
 
     Submits OpBackupExport to --node (this node) and waits for it, unless
-    an export exists and --refresh is not given.  Returns the instance's
-    full name, which names its export directory.
+    an export exists and --refresh is not given.  `check` gets the
+    instance's full name before any job.  Returns that name, which names
+    its export directory.
     """
     client = client or cli.GetClient()
     node = _one_name(client.QueryNodes([opts.node], ["name"], False), "node", opts.node)
@@ -135,6 +156,7 @@ def export_first(opts, source: str, feedback: Feedback,
                           " converted; run gnt-ovf there" % (node, here))
     instance = _one_name(client.QueryInstances([source], ["name"], False),
                          "instance", source)
+    check(instance)  # everything the conversion will refuse, before the job
     config = os.path.join(export_dir, instance, ganeti_export.CONFIG_NAME)
     if os.path.isfile(config) and not opts.refresh:
         feedback("Using the existing export of %s (--refresh makes a new one)" % instance)

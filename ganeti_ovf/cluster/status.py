@@ -30,6 +30,15 @@ KEEP_FINISHED = 20
 _MAX_RECORD = 64 * 1024
 
 
+# What each field of a record file must hold (None: not yet known).
+_FIELD_TYPES = {
+    "conversion_id": str, "instance": str, "state": str,
+    "created": (int, float), "updated": (int, float),
+    "pid": (int, type(None)), "pid_start": (str, type(None)),
+    "output": (str, type(None)), "error": (str, type(None)),
+}
+
+
 class StatusError(OvfError):
     """A status file cannot be written or read."""
 
@@ -100,11 +109,23 @@ def read(path: str) -> Conversion:
         if len(raw) > _MAX_RECORD:
             raise ValueError("too large")
         fields = json.loads(raw.decode("utf-8"))
+        if not isinstance(fields, dict):
+            raise ValueError("not a JSON object")
         record = Conversion(**fields)
+        for name, kinds in _FIELD_TYPES.items():
+            if not isinstance(getattr(record, name), kinds) \
+                    or isinstance(getattr(record, name), bool):
+                raise ValueError("%s is not of the expected type" % name)
     except (ValueError, TypeError) as err:
         raise StatusError("%s: not a conversion status: %s" % (path, err))
     if record.state not in STATES:
         raise StatusError("%s: unknown state %r" % (path, record.state))
+    # The id names the file: a record that names another file (a path, a
+    # "..") would make pruning delete outside the status directory.
+    if record.conversion_id + SUFFIX != os.path.basename(path) \
+            or os.sep in record.conversion_id:
+        raise StatusError("%s: its conversion id %r does not name this file"
+                          % (path, record.conversion_id))
     return record
 
 
@@ -178,3 +199,45 @@ def to_text(rows: list) -> str:
         cells = [cell.ljust(width) for cell, width in zip(line[:4], widths, strict=True)]
         lines.append("  ".join(cells + [line[4]]).rstrip())
     return "\n".join(lines)
+
+
+# The last export the hook left alone, and why: hidden from list_conversions
+# by its leading dot, shown by `gnt-ovf status`.
+SKIP_FILE = ".last-skip.json"
+
+
+def write_skip(status_dir: str, instance: str, reason: str,
+               now: Optional[float] = None) -> None:
+    """Record why the hook did not convert `instance`'s export (best effort:
+    a hook that has nothing to do must never fail because of this)."""
+    data = json.dumps({"instance": instance, "reason": reason,
+                       "time": time.time() if now is None else now}, sort_keys=True)
+    try:
+        os.makedirs(status_dir, mode=0o755, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=status_dir)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(data + "\n")
+        os.chmod(temp, 0o644)
+        os.rename(temp, os.path.join(status_dir, SKIP_FILE))
+    except OSError:
+        pass
+
+
+def read_skip(status_dir: str = STATUS_DIR) -> Optional[dict]:
+    """The last skip record, or None (absent or unreadable)."""
+    try:
+        fd = os.open(os.path.join(status_dir, SKIP_FILE), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as handle:
+            skip = json.loads(handle.read(_MAX_RECORD).decode("utf-8"))
+        if not (isinstance(skip, dict) and isinstance(skip.get("instance"), str)
+                and isinstance(skip.get("reason"), str)
+                and isinstance(skip.get("time"), (int, float))):
+            return None
+    except (OSError, ValueError):
+        return None
+    return {"instance": skip["instance"], "reason": skip["reason"], "time": skip["time"]}
+
+
+def skip_to_text(skip: dict) -> str:
+    return "Last skipped export: %s at %s: %s" % (skip["instance"], _when(skip["time"]),
+                                                  skip["reason"])

@@ -4,7 +4,9 @@ Tools disagree on prefixes and namespaces (children without a namespace under a
 qualified root, `ovf:href` or `href`, sasd/epasd with `.xsd`-suffixed URIs), so
 elements are matched by local name and OVF attributes in either form.  Every
 string that reaches the model passes through `Doc.value`, which strips XML
-blanks and refuses control characters: values end up in Ganeti's config.ini.
+blanks and refuses control characters (errors.UNPRINTABLE: C0, DEL, C1, the
+Unicode line separators, which could end a config line, and the bidirectional
+overrides, which disguise text): values end up in Ganeti's config.ini.
 """
 
 import re
@@ -13,12 +15,10 @@ from typing import Iterator, List, Optional
 from lxml import etree
 
 from ganeti_ovf.descriptor import versions
-from ganeti_ovf.errors import DescriptorError
+from ganeti_ovf.errors import UNPRINTABLE, DescriptorError
 
 MAX_VALUE_LENGTH = 4096
 _XML_BLANKS = " \t\r\n"
-# C0, DEL, C1 and the Unicode line separators: each could end a config line.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _BLANK_RUNS = re.compile("[ \t\r\n]+")
 
 
@@ -104,7 +104,7 @@ class Doc:
         if len(text) > MAX_VALUE_LENGTH:
             raise self.error(element, "%s: value longer than %d characters"
                              % (field, MAX_VALUE_LENGTH))
-        if _CONTROL.search(text):
+        if UNPRINTABLE.search(text):  # bidi overrides too: they reach config.ini
             raise self.error(element, "%s: control characters are refused in %r"
                              % (field, text[:60]))
         return text

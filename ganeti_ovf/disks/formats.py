@@ -13,6 +13,7 @@ Format 5.0", Microsoft's "Virtual Hard Disk Image Format Specification", and
 the VirtualBox VDI header as qemu's block/vdi.c documents it.
 """
 
+import itertools
 import os
 import stat
 import struct
@@ -310,6 +311,34 @@ def _vmdk_descriptor(text: str) -> Tuple[Dict[str, str], List[Tuple[str, ...]]]:
 VHD_COOKIE = b"conectix"
 VHD_FOOTER = struct.Struct(">8sIIQI4sI4sQQIII")
 VHD_TYPES = {2: "fixed", 3: "dynamic"}
+# Dynamic disk header at the footer's data offset: 0 cookie "cxsparse",
+# 8 data offset, 16 block allocation table offset (u64), 24 version,
+# 28 max table entries (u32), 32 block size (u32).  Each table entry is the
+# sector of a block's bitmap (then its data), or 0xffffffff: not stored.
+VHD_DYNAMIC = struct.Struct(">8sQQIII")
+VHD_UNUSED = 0xFFFFFFFF
+VHD_MAX_ENTRIES = 1 << 22  # 8 TiB of 2 MiB blocks; bounds the table read
+
+
+def _vhd_blocks_disjoint(reader: "_Reader", data_offset: int) -> bool:
+    """Whether no two stored blocks of a dynamic VHD share bytes: one block
+    mapped at many places would expand a small file into a large disk."""
+    header = reader.read(data_offset, VHD_DYNAMIC.size)
+    if len(header) < VHD_DYNAMIC.size:
+        return False
+    _, _, table, _, entries, block_size = VHD_DYNAMIC.unpack(header)
+    if entries > VHD_MAX_ENTRIES or block_size < 512 or block_size % 512:
+        return False
+    raw = reader.read(table, 4 * entries)
+    if len(raw) < 4 * entries:
+        return False
+    # A block is its sector bitmap (one bit a sector, in whole sectors),
+    # then its data.
+    bitmap_sectors = -(-(block_size // 512) // (8 * 512))
+    span = bitmap_sectors + block_size // 512
+    starts = sorted(sector for (sector,) in struct.iter_unpack(">I", raw)
+                    if sector != VHD_UNUSED)
+    return all(later - earlier >= span for earlier, later in itertools.pairwise(starts))
 
 
 class Vpc(Format):
@@ -323,6 +352,8 @@ class Vpc(Format):
         Check("zero size", lambda f: f["current_size"] > 0),
         Check("dynamic disk header missing",
               lambda f: f["disk_type"] != 3 or f["dynamic_header"]),
+        Check("stored blocks overlap or are mapped more than once",
+              lambda f: f["disk_type"] != 3 or f["blocks_disjoint"]),
     )
 
     def matches(self, reader: _Reader) -> bool:
@@ -342,10 +373,13 @@ class Vpc(Format):
         (_, _, _, data_offset, _, creator, _, _, _, current_size, _, disk_type,
          checksum) = VHD_FOOTER.unpack_from(footer)
         summed = footer[:64] + b"\0\0\0\0" + footer[68:]
+        dynamic_header = reader.read(data_offset, 8) == b"cxsparse"
         return {"data_offset": data_offset, "current_size": current_size,
                 "disk_type": disk_type, "creator": creator,
                 "checksum_ok": (~sum(summed)) & 0xFFFFFFFF == checksum,
-                "dynamic_header": reader.read(data_offset, 8) == b"cxsparse"}
+                "dynamic_header": dynamic_header,
+                "blocks_disjoint": dynamic_header
+                and _vhd_blocks_disjoint(reader, data_offset)}
 
     def virtual_size(self, fields: Fields) -> int:
         # qemu may derive the size from the CHS geometry instead: the caller
@@ -392,6 +426,9 @@ class Vdi(Format):
         Check("truncated: the block map or data end past the end of the file",
               lambda f: f["bmap_ok"] and f["data_end"] <= f["file_size"]),
         Check("block map entry past the allocated blocks", lambda f: f["entries_ok"]),
+        # One stored block mapped at many places would expand a small file
+        # into a large allocated disk, past the free-space check.
+        Check("a data block is mapped more than once", lambda f: f["entries_unique"]),
     )
 
     def matches(self, reader: _Reader) -> bool:
@@ -410,13 +447,16 @@ class Vdi(Format):
         fields["link_uuid"] = data[424:440]
         fields["parent_uuid"] = data[440:456]
         fields["data_end"] = data_offset + fields["blocks_allocated"] * (block_size + extra)
-        fields["bmap_ok"] = fields["entries_ok"] = False
+        fields["bmap_ok"] = fields["entries_ok"] = fields["entries_unique"] = False
         if fields["blocks"] <= VDI_MAX_BLOCKS:
             bmap = reader.read(bmap_offset, 4 * fields["blocks"])
             fields["bmap_ok"] = len(bmap) == 4 * fields["blocks"]
-            fields["entries_ok"] = fields["bmap_ok"] and all(
-                entry < fields["blocks_allocated"] or entry >= VDI_UNALLOCATED
-                for (entry,) in struct.iter_unpack("<I", bmap))
+            if fields["bmap_ok"]:
+                mapped = [entry for (entry,) in struct.iter_unpack("<I", bmap)
+                          if entry < VDI_UNALLOCATED]
+                fields["entries_ok"] = all(entry < fields["blocks_allocated"]
+                                           for entry in mapped)
+                fields["entries_unique"] = len(set(mapped)) == len(mapped)
         return fields
 
     def virtual_size(self, fields: Fields) -> int:

@@ -1,9 +1,10 @@
 """config.ini both ways, as Ganeti 3.0 writes and reads it."""
 
 import os
+import subprocess
 
 import pytest
-from conftest import CORPUS
+from conftest import CORPUS, ROOT
 from ganeti import constants, objects
 
 from ganeti_ovf.cluster import ganeti_export
@@ -150,8 +151,50 @@ def test_find_config(tmp_path):
     assert ganeti_export.find_config("inst1", str(export_dir)) == expected
     assert ganeti_export.find_config(str(export_dir / "inst1"), str(export_dir)) == expected
     assert ganeti_export.find_config(expected, str(export_dir)) == expected
-    with pytest.raises(ConfigError, match="no such Ganeti export"):
+    with pytest.raises(ConfigError, match="no export of instance nope in "):
         ganeti_export.find_config("nope", str(export_dir))
+    with pytest.raises(ConfigError, match="no such Ganeti export"):
+        ganeti_export.find_config(str(tmp_path / "nope"), str(export_dir))
+
+
+def test_bare_name_is_an_instance_never_a_folder_here(tmp_path, monkeypatch):
+    # `cd /tmp; gnt-ovf export inst1` writes ./inst1/: the next run must still
+    # mean the instance's export, not that folder.
+    export_dir = tmp_path / "export"
+    (export_dir / "inst1").mkdir(parents=True)
+    (export_dir / "inst1" / "config.ini").write_text("[export]\n")
+    work = tmp_path / "work"
+    (work / "inst1").mkdir(parents=True)
+    (work / "inst1" / "inst1.ovf").write_text("<Envelope/>")
+    (work / "other").mkdir()
+    (work / "other" / "config.ini").write_text("[export]\n")
+    (work / "config.ini").write_text("[export]\n")
+    monkeypatch.chdir(work)
+    expected = str(export_dir / "inst1" / "config.ini")
+    assert ganeti_export.find_config("inst1", str(export_dir)) == expected
+    with pytest.raises(ConfigError, match="no such Ganeti export"):
+        ganeti_export.find_config("./inst1", str(export_dir))  # a path is a path
+    assert ganeti_export.find_config("./other", str(export_dir)) == "./other/config.ini"
+    assert ganeti_export.find_config("config.ini", str(export_dir)) == "config.ini"
+    with pytest.raises(ConfigError, match="write ./other"):
+        ganeti_export.find_config("other", str(export_dir))
+
+
+def test_unreadable_export_dir_says_run_as_root(tmp_path):
+    export_dir = tmp_path / "export"
+    (export_dir / "inst1").mkdir(parents=True)
+    (export_dir / "inst1" / "config.ini").write_text("[export]\n")
+    os.chmod(export_dir, 0o700)
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+         "-c", "import sys; sys.path.insert(0, %r)\n"
+         "from ganeti_ovf.cluster import ganeti_export\n"
+         "from ganeti_ovf.errors import ConfigError\n"
+         "try:\n    ganeti_export.find_config('inst1', %r)\n"
+         "except ConfigError as err:\n    print(err)\n" % (ROOT, str(export_dir))],
+        capture_output=True, text=True, check=False)
+    assert result.stdout.strip() == "%s: permission denied: run gnt-ovf as root" % (
+        export_dir / "inst1" / "config.ini"), result.stderr
 
 
 def test_compressed_dumps_refused(tmp_path):

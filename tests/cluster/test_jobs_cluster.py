@@ -64,6 +64,20 @@ def test_export_job_then_convert(ganeti_cluster, exported):
     assert os.path.isfile(cluster.host_path(ova))
 
 
+def test_existing_output_refused_before_the_export_job(ganeti_cluster, exported):
+    # A short name: the check runs on the name the cluster expands it to.
+    cluster = ganeti_cluster
+    ova, _digest = exported
+    config = cluster.host_path("/var/lib/ganeti/export/%s/config.ini" % SOURCE)
+    before = os.stat(config).st_ino
+    result = gnt_ovf(cluster, "export", "jobsrc1", "--node", NODE, "--refresh",
+                     "--long-sleep", "--ova", "--output-dir", OUTPUT, check=False)
+    assert result.returncode == 1
+    assert "Failure: %s already exists (use --force to replace it)" % ova \
+        in result.stderr, result.stderr
+    assert os.stat(config).st_ino == before  # no export job ran
+
+
 def test_export_node_must_be_this_node(ganeti_cluster, exported):
     result = gnt_ovf(ganeti_cluster, "export", SOURCE, "--node", "node9.example.com",
                      "--output-dir", OUTPUT, check=False)
