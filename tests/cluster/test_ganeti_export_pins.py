@@ -195,9 +195,12 @@ def test_backend_whole_numbers_only(tmp_path, value):
 def test_export_directory_without_config(tmp_path):
     with pytest.raises(ConfigError) as info:
         ganeti_export.find_config(str(tmp_path), "/nonexistent")
-    assert str(info.value) == "%s: no config.ini in this export directory" % tmp_path
-    (tmp_path / "inst").mkdir()
-    with pytest.raises(ConfigError, match="no config.ini in this export directory"):
+    assert str(info.value) == ("%s: no such Ganeti export (not a config.ini or an export"
+                               " directory holding one)" % tmp_path)
+    with pytest.raises(ConfigError, match="inst: no export of instance inst in "):
+        ganeti_export.find_config("inst", str(tmp_path))
+    (tmp_path / "inst" / "config.ini").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="config.ini: not a regular file"):
         ganeti_export.find_config("inst", str(tmp_path))
 
 
