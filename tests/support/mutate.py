@@ -30,6 +30,7 @@ import ast
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -392,6 +393,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for mutant in sample(mutants, args.max):
                 log(mutant.label())
         return 0
+    # A plain kill still runs the finally blocks (restore, remove the copy).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     before = _tree_diff(modules)
     scratch = tempfile.mkdtemp(prefix="ganeti-ovf-mutate-", dir="/var/tmp")
     try:
