@@ -274,6 +274,10 @@ def run_tests(copy: str, tests: Sequence[str], timeout: Optional[float]) -> Tupl
             os.killpg(process.pid, 9)
             process.wait()
             return "timeout", time.monotonic() - started
+        except BaseException:  # interrupted: the tests go too
+            os.killpg(process.pid, 9)
+            process.wait()
+            raise
     finally:
         elapsed = time.monotonic() - started
     return ("passed" if code == 0 else "failed"), elapsed
