@@ -67,7 +67,7 @@ MODULES: Dict[str, Tuple[str, ...]] = {
     "ganeti_ovf/cluster/ganeti_export.py": (
         "tests/cluster/test_ganeti_export.py", "tests/cluster/test_ganeti_export_pins.py"),
     "ganeti_ovf/publish.py": (
-        "tests/test_publish.py", "tests/test_publish_pins.py"),
+        "tests/test_publish.py", "tests/test_publish_pins.py", "tests/test_output_dir.py"),
 }
 
 _COMPARE_SWAPS = {
