@@ -258,15 +258,19 @@ def copy_checkout(target: str) -> None:
         shutil.copy2(source, dest)
 
 
-def run_tests(copy: str, tests: Sequence[str], timeout: Optional[float]) -> Tuple[str, float]:
+def run_tests(copy: str, tests: Sequence[str], timeout: Optional[float],
+              output=subprocess.DEVNULL) -> Tuple[str, float]:
     """("passed" | "failed" | "timeout", seconds) of pytest -x over `tests` in `copy`."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     started = time.monotonic()
     try:
         # A new session: a timeout kills the tests' own children too.
+        # A private --basetemp: other pytest runs on the machine prune theirs.
+        basetemp = os.path.join(os.path.dirname(copy), "pytest-tmp")
         process = subprocess.Popen(
-            [PYTHON, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"] + list(tests),
-            cwd=copy, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [PYTHON, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+             "--basetemp", basetemp] + list(tests),
+            cwd=copy, env=env, stdout=output, stderr=subprocess.STDOUT,
             start_new_session=True)
         try:
             code = process.wait(timeout=timeout)
@@ -306,10 +310,13 @@ def mutate_module(copy: str, module: str, limit: int, seed: str, log,
     if only:
         chosen = [m for m in mutants if only in m.label()]
     tests = [t for t in MODULES[module] if os.path.exists(os.path.join(copy, t))]
-    status, baseline = run_tests(copy, tests, None)
-    if status != "passed":
-        raise SystemExit("%s: its tests fail before any mutation: %s"
-                         % (module, " ".join(tests)))
+    with tempfile.TemporaryFile() as output:
+        status, baseline = run_tests(copy, tests, None, output)
+        if status != "passed":
+            output.seek(0)
+            tail = output.read().decode("utf-8", "replace").splitlines()[-20:]
+            raise SystemExit("%s: its tests fail before any mutation: %s\n%s"
+                             % (module, " ".join(tests), "\n".join(tail)))
     timeout = max(MIN_TIMEOUT, TIMEOUT_FACTOR * baseline)
     log("%s: %d mutants, running %d (tests %.0fs unmutated: %s)"
         % (module, len(mutants), len(chosen), baseline, " ".join(tests)))
@@ -401,6 +408,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     before = _tree_diff(modules)
     scratch = tempfile.mkdtemp(prefix="ganeti-ovf-mutate-", dir="/var/tmp")
+    # Some tests run the checkout as an unprivileged user: it must be readable.
+    os.chmod(scratch, 0o755)
     try:
         # Tests find the shared corpus beside the checkout (../shared).
         os.symlink(os.path.join(os.path.dirname(ROOT), "shared"),
