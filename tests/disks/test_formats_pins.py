@@ -6,6 +6,7 @@ qemu-img (test_formats.py's helpers), patched where a bound is tested.
 """
 
 import struct
+import subprocess
 
 import pytest
 from test_formats import create, patch, refused, whole
@@ -250,3 +251,23 @@ def test_vmdk_descriptor_of_zero_sectors_is_no_descriptor(tmp_path):
     path = create(tmp_path, "d.vmdk", "vmdk")
     patch(path, 36, struct.pack("<Q", 0))  # descriptor size, its offset kept
     assert refused(whole(path)) == "d.vmdk: refused vmdk image: no embedded descriptor"
+
+
+def test_vhd_adjacent_blocks_are_not_a_shared_block(tmp_path):
+    # Two stored 2 MiB blocks right after each other (bitmap sector + data):
+    # exactly one span apart, they share nothing and are accepted.
+    raw = tmp_path / "src.raw"
+    with open(raw, "wb") as handle:
+        handle.truncate(8 * MIB)
+        for offset in (0, 2 * MIB):
+            handle.seek(offset)
+            handle.write(b"\x11" * 4096)
+    path = tmp_path / "d.vhd"
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "vpc", "-o",
+                    "subformat=dynamic", str(raw), str(path)], check=True)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    table = struct.unpack_from(">Q", data, 512 + 16)[0]
+    first, second = struct.unpack_from(">II", data, table)
+    assert second - first == 1 + 4096  # one bitmap sector, 4096 data sectors
+    assert accepted(path).details["subformat"] == "dynamic"
