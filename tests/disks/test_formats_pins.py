@@ -271,3 +271,6 @@ def test_vhd_adjacent_blocks_are_not_a_shared_block(tmp_path):
     first, second = struct.unpack_from(">II", data, table)
     assert second - first == 1 + 4096  # one bitmap sector, 4096 data sectors
     assert accepted(path).details["subformat"] == "dynamic"
+    # One sector closer, the blocks share a sector.
+    patch(path, table + 4, struct.pack(">I", second - 1))
+    refused(whole(path), "stored blocks overlap or are mapped more than once")
