@@ -7,6 +7,7 @@ no-replace rename's other failures and its fallback, what replacing removes
 import os
 
 import pytest
+from ganeti import runtime
 
 from ganeti_ovf import publish
 from ganeti_ovf.errors import PublishError
@@ -162,3 +163,37 @@ def test_staging_names(tmp_path, name, safe):
         assert base.startswith(publish.STAGING_PREFIX + safe + ".")
         assert "/" not in base[len(publish.STAGING_PREFIX):]
         assert len(base) == len(publish.STAGING_PREFIX) + len(safe) + 1 + 8
+
+
+# ------------------------------------------------------------------ output directory owners
+
+
+def owned(path, uid: int, gid: int, mode: int) -> str:
+    os.mkdir(str(path))
+    os.chown(str(path), uid, gid)
+    os.chmod(str(path), mode)
+    return str(path)
+
+
+def test_output_directory_of_a_system_user_refused(tmp_path):
+    path = owned(tmp_path / "out", 1, 0, 0o755)  # uid 1: daemon, not Ganeti's
+    with pytest.raises(PublishError, match="out: refused as \\(part of\\) the output"
+                                           " directory: it belongs to uid 1,"):
+        publish.output_directory(path)
+
+
+def test_output_directory_writable_by_root_group_accepted(tmp_path):
+    path = owned(tmp_path / "out", 0, 0, 0o775)
+    assert publish.output_directory(path) == path
+
+
+def test_output_directory_groups_of_ganeti(tmp_path):
+    # Ganeti's daemon groups are trusted; its admin group (people allowed to
+    # run gnt-* commands, not root) is not.
+    ents = runtime.GetEnts()
+    path = owned(tmp_path / "daemons", 0, ents.daemons_gid, 0o775)
+    assert publish.output_directory(path) == path
+    path = owned(tmp_path / "admin", 0, ents.admin_gid, 0o775)
+    with pytest.raises(PublishError, match="admin: .* it is writable by group %d,"
+                                           % ents.admin_gid):
+        publish.output_directory(path)
