@@ -29,10 +29,10 @@ DEB_TEST    = python3-pytest python3-mock python3-hypothesis tar openssl \
               qemu-system-x86 mtools syslinux dosfstools busybox-static
 DEB_ALL     = $(DEB_RUNTIME) $(DEB_TEST)
 
-.PHONY: all deps check test lint demo bench fuzz install uninstall clean deb
+.PHONY: all deps check test lint demo bench fuzz mutate install uninstall clean deb
 
 all:
-	@echo "Targets: check (install deps, run tests), demo, bench, fuzz, install, uninstall"
+	@echo "Targets: check (install deps, run tests), demo, bench, fuzz, mutate, install, uninstall"
 
 # Installs whatever is missing with apt (as root), once.
 deps:
@@ -65,6 +65,13 @@ bench: deps
 
 fuzz: deps
 	GANETI_OVF_FUZZ_EXAMPLES=20000 $(PYTHON) -m pytest -q -p no:cacheprovider tests -k fuzz
+
+# Mutation testing of the security-critical modules (not part of check: about
+# half an hour on two cores).  MUTATE_ARGS: e.g. --max 0 (every mutant),
+# --seed 2 (another sample), or module paths.
+MUTATE_ARGS ?=
+mutate: deps
+	$(PYTHON) tests/support/mutate.py $(MUTATE_ARGS)
 
 install:
 	@test -n "$(PYLIBDIR)" || { echo "make $@: $(PYTHON) does not search a" \

@@ -149,6 +149,11 @@ def test_case_names_are_unique():
     assert len(names) == len(set(names))
 
 
+def test_every_case_names_its_rule():
+    # An empty rule is in every message: such a case would pass on any failure.
+    assert [case.name for case in CASES if not case.rule.strip()] == []
+
+
 # ------------------------------------------------------------------ controls
 
 

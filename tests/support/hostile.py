@@ -745,14 +745,21 @@ def truncated_image(scene: Scene, kind: object) -> str:
     return folder(scene, descriptor(href, fmt), {href: path})
 
 
-_variants("", {
-    "qcow2": ("qcow2", None),
-    "vdi": ("vdi", None),
-    "vdi_fixed": ("vdi", "static=on"),
-    "vmdk_stream": ("vmdk", "subformat=streamOptimized"),
-    "vmdk_sparse": ("vmdk", "subformat=monolithicSparse"),
-    "vpc": ("vpc", None),
-}, truncated_image)
+# Each cut is found by a different layer: qemu-img check (qcow2, hosted
+# sparse VMDK), the VDI header check, our streamOptimized reader, qemu's VHD
+# driver when it opens the image.
+for _suffix, (_fmt, _options, _rule) in {
+    "qcow2": ("qcow2", None, "corruptions (truncated or damaged)"),
+    "vdi": ("vdi", None, "truncated: the block map or data end past the end of the file"),
+    "vdi_fixed": ("vdi", "static=on",
+                  "truncated: the block map or data end past the end of the file"),
+    "vmdk_stream": ("vmdk", "subformat=streamOptimized",
+                    "VMDK grain table 0 entry 32 points past the end of the file"),
+    "vmdk_sparse": ("vmdk", "subformat=monolithicSparse",
+                    "points after EOF (truncated or damaged)"),
+    "vpc": ("vpc", None, "The image has been truncated"),
+}.items():
+    _variants(_rule, {_suffix: (_fmt, _options)}, truncated_image)
 
 
 # --- compression and chunks ------------------------------------------------
