@@ -186,11 +186,16 @@ class Staging:
         self._published = False
 
     def __enter__(self) -> "Staging":
+        # makedirs gives missing parents 0o777 less the umask: with a lax
+        # umask, directories other users could write (see output_directory).
+        old_umask = os.umask(0o022)
         try:
             os.makedirs(self.output_dir, mode=0o755, exist_ok=True)
         except OSError as err:
             raise PublishError("%s: cannot create output directory: %s"
                                % (self.output_dir, err.strerror))
+        finally:
+            os.umask(old_umask)
         old_umask = os.umask(0o077)
         try:
             self.path = tempfile.mkdtemp(prefix=STAGING_PREFIX + _safe(self.name) + ".",

@@ -92,3 +92,15 @@ def test_export_into_another_users_directory_refused(tmp_path):
     assert "%s: refused as (part of) the output directory: it belongs to uid" % attacker \
         in line
     assert os.listdir(attacker) == []
+
+
+def test_missing_parents_are_created_private_whatever_the_umask(tmp_path):
+    target = tmp_path / "new" / "deeper" / "out"
+    old = os.umask(0)
+    try:
+        with publish.Staging(str(target), "x"):
+            pass
+    finally:
+        os.umask(old)
+    for directory in (tmp_path / "new", tmp_path / "new" / "deeper", target):
+        assert oct(os.stat(directory).st_mode & 0o777) == oct(0o755), directory
