@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from nscluster import ROOT
+from nscluster import NODE, ROOT
 from packaging import MIB, build_package, run_gnt_ovf, sha256_file
 
 from ganeti_ovf import hook
@@ -489,3 +489,24 @@ def test_failed_conversion_leaves_status_and_log(hooked_cluster):
     assert any("ganeti-ovf-export" in line and "ERROR" in line and blocked in line
                for line in lines), lines
     cluster.remove_instance(source)
+
+
+def test_hook_left_after_package_removal_is_quiet_on_the_cluster(ganeti_cluster):
+    # `dpkg -r ganeti-ovf` keeps the hook (a conffile) but removes the library:
+    # a later gnt-backup export must still succeed, with no hook warning.
+    cluster = ganeti_cluster
+    orphan = ("#!/bin/sh\nGANETI_OVF_PYTHONPATH=/nonexistent exec /usr/bin/python3 %s/hooks/"
+              "ovf-export\n" % ROOT)
+    path = cluster.install_hook("instance-export", "post", "ganeti-ovf-export", orphan)
+    source = "hookorphan1.example.com"
+    try:
+        cluster.add_instance(source, "192.0.2.74", disk_size="16M")
+        result = cluster.run(["gnt-backup", "export", "-n", NODE,
+                              "--long-sleep", source])
+        assert "ovf" not in (result.stdout + result.stderr).lower(), result.stderr
+        assert os.path.isfile(cluster.host_path("/var/lib/ganeti/export/%s/config.ini"
+                                                % source))
+    finally:
+        os.unlink(path)
+        cluster.remove_instance(source)
+        cluster.run(["gnt-backup", "remove", source], check=False)
