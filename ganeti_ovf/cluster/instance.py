@@ -114,7 +114,8 @@ def check_create(system: VirtualSystem, opts, feedback: Feedback) -> None:
     op.dry_run = True
     feedback("Checking the import with the cluster (a dry run)")
     try:
-        cli.SubmitOpCode(op, opts=opts, feedback_fn=lambda message: None)
+        # Without opts: --submit and --print-jobid are for the import job.
+        cli.SubmitOpCode(op, feedback_fn=lambda message: None)
     except errors.GenericError as err:
         raise OptionError("the cluster would refuse to import %s: %s"
                           % (system.name, first_line(err)))

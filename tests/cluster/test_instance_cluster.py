@@ -92,7 +92,7 @@ def test_ova_becomes_an_instance(ganeti_cluster, template, placement):
         assert "\r" not in result.stderr  # no progress line without a terminal
         check_instance(cluster, name, raws, (4 * MIB,), template)
         exports = cluster.host_path("/var/lib/ganeti/export")
-        assert not os.path.exists(exports) or not os.listdir(exports)
+        assert not os.path.exists(os.path.join(exports, name))  # no export directory
     finally:
         cluster.remove_instance(name)
 
