@@ -99,7 +99,7 @@ def _ganeti_check(what: str, func, *args) -> Any:
 def instance_name(name: Optional[str]) -> str:
     """A valid Ganeti instance name, or OptionError."""
     if not name:
-        raise _fail("the package names no virtual system; give --name")
+        raise _fail("the virtual system has neither a Name nor an ovf:id; give --name")
     return _ganeti_check("instance name %r (use --name to choose another)" % name,
                          netutils.Hostname.GetNormalizedName, name)
 
@@ -238,7 +238,9 @@ def make_plan(system: VirtualSystem, overrides: ImportOverrides) -> Plan:
     dropped: list = []
     package = system.ganeti or GanetiSettings()
 
-    name = instance_name(overrides.name or system.name or system.system_id)
+    # Not the id the reader made up for a system with neither a name nor an
+    # ovf:id ("system1"): such a package names no instance.
+    name = instance_name(overrides.name or system.name)
     if overrides.name_check and not resolves(name):
         warnings.append("instance name %s does not resolve (DNS or /etc/hosts): Ganeti"
                         " will refuse it unless imported with --no-name-check; or choose"

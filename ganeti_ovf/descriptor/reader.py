@@ -249,6 +249,7 @@ def _advisory_size(doc: Doc, element: etree._Element, label: str) -> Optional[in
 def _read_disk_section(doc: Doc, root: etree._Element, files: Dict[str, model.FileRef],
                        properties: Dict[str, str]) -> Dict[str, model.Disk]:
     disks: Dict[str, model.Disk] = {}
+    file_users: Dict[str, str] = {}  # fileRef -> the Disk that uses it
     for section in children(root, "DiskSection"):
         for element in children(section, "Disk"):
             disk_id = doc.attr_value(element, "diskId")
@@ -266,6 +267,14 @@ def _read_disk_section(doc: Doc, root: etree._Element, files: Dict[str, model.Fi
             if file_ref is not None and file_ref not in files:
                 raise doc.error(element, "%s: ovf:fileRef %r names no References/File"
                                 % (label, file_ref))
+            if file_ref is not None and file_ref in file_users:
+                # Two guest disks written from one image: one would be a
+                # silent copy of the other, never what the package meant.
+                raise doc.error(element, "%s: ovf:fileRef %r is already the file of Disk"
+                                " %r; two disks cannot share one file"
+                                % (label, file_ref, file_users[file_ref]))
+            if file_ref is not None:
+                file_users[file_ref] = disk_id
             disks[disk_id] = model.Disk(
                 disk_id=disk_id,
                 capacity=_capacity(doc, element, label, file_ref is None, properties),
