@@ -265,7 +265,12 @@ class _FolderPackage(Package):
 
     def _manifest_name(self, extension: str) -> Optional[str]:
         name = os.path.splitext(self.descriptor_name)[0] + extension
-        return name if self.has(name) else None
+        if not os.path.lexists(os.path.join(self.directory, name)):
+            return None
+        # There: a symlink, FIFO or device is refused, never taken for "no
+        # manifest" (which would drop the integrity check).
+        self.member(name)
+        return name
 
     def _chunk_candidates(self, href: str) -> List[str]:
         subdir, _, _ = href.rpartition("/")
