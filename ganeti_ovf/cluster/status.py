@@ -85,24 +85,30 @@ def write(status_dir: str, record: Conversion) -> str:
     if record.state not in STATES:
         raise StatusError("%s: unknown state %r" % (record.conversion_id, record.state))
     path = os.path.join(status_dir, record.conversion_id + SUFFIX)
-    data = json.dumps(dataclasses.asdict(record), sort_keys=True).encode("utf-8")
     try:
-        os.makedirs(status_dir, mode=0o755, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=status_dir)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data + b"\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temp, 0o644)
-            os.rename(temp, path)
-        except BaseException:
-            if os.path.lexists(temp):
-                os.unlink(temp)
-            raise
+        _replace(status_dir, path, dataclasses.asdict(record))
     except OSError as err:
         raise StatusError("%s: cannot write status: %s" % (path, err.strerror))
     return path
+
+
+def _replace(status_dir: str, path: str, fields: dict) -> None:
+    """Write `fields` as JSON to `path` in `status_dir`, atomically
+    (temporary file, fsync, rename): readers never see half a file."""
+    data = json.dumps(fields, sort_keys=True).encode("utf-8")
+    os.makedirs(status_dir, mode=0o755, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=status_dir)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o644)
+        os.rename(temp, path)
+    except BaseException:
+        if os.path.lexists(temp):
+            os.unlink(temp)
+        raise
 
 
 def read(path: str) -> Conversion:
@@ -258,15 +264,10 @@ def write_skip(status_dir: str, instance: str, reason: str,
                now: Optional[float] = None) -> None:
     """Record why the hook did not convert `instance`'s export (best effort:
     a hook that has nothing to do must never fail because of this)."""
-    data = json.dumps({"instance": instance, "reason": reason,
-                       "time": time.time() if now is None else now}, sort_keys=True)
     try:
-        os.makedirs(status_dir, mode=0o755, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=status_dir)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(data + "\n")
-        os.chmod(temp, 0o644)
-        os.rename(temp, os.path.join(status_dir, SKIP_FILE))
+        _replace(status_dir, os.path.join(status_dir, SKIP_FILE),
+                 {"instance": instance, "reason": reason,
+                  "time": time.time() if now is None else now})
     except OSError:
         pass
 
