@@ -12,7 +12,7 @@ from ganeti_ovf import importer
 from ganeti_ovf import plan as plan_rules
 from ganeti_ovf.cluster import hardware_map
 from ganeti_ovf.errors import OvfError
-from ganeti_ovf.package.manifest import verify_member
+from ganeti_ovf.package.manifest import verify_bytes, verify_member
 from ganeti_ovf.model import Appliance, VirtualSystem
 from ganeti_ovf.package.reader import Package
 
@@ -108,13 +108,15 @@ def _manifest(package: Package, appliance: Appliance, verify: bool) -> Optional[
     }
     if verify:
         try:
-            members = [package.member(package.descriptor_name)]
+            members = []
             for system in appliance.systems:
                 for disk in system.disks:
                     members.extend(importer.disk_members(package, disk))
-            manifest.require([member.name for member in members])
+            manifest.require([package.descriptor_name] + [member.name for member in members])
+            verify_bytes(manifest.entry(package.descriptor_name), package.descriptor_bytes())
             for member in members:
                 verify_member(manifest.entry(member.name), member)
+            package.check_unchanged()
             result["verified"] = True
         except OvfError as err:
             result["verified"] = False

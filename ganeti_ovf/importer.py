@@ -28,7 +28,7 @@ from ganeti_ovf.progress import Progress
 from ganeti_ovf.descriptor.reader import parse_descriptor
 from ganeti_ovf.errors import DiskError, ManifestError, OptionError, PackageError
 from ganeti_ovf.cluster.ganeti_export import ExportedDisk, size_to_mib
-from ganeti_ovf.package.manifest import verify_member
+from ganeti_ovf.package.manifest import verify_bytes, verify_member
 from ganeti_ovf.model import Appliance, Disk, VirtualSystem
 from ganeti_ovf.package.reader import Package
 from ganeti_ovf.plan import ImportOverrides, Plan, make_plan
@@ -142,9 +142,9 @@ def check_manifest(package: Package, referenced: list, require: bool,
                                 " --require-manifest)" % package.descriptor_name)
         feedback("WARNING: the package has no manifest: its files are not verified")
         return []
-    descriptor = package.member(package.descriptor_name)
-    manifest.require([descriptor.name] + [member.name for member in referenced])
-    verify_member(manifest.entry(descriptor.name), descriptor)
+    manifest.require([package.descriptor_name] + [member.name for member in referenced])
+    # The bytes that were parsed, not the file read again.
+    verify_bytes(manifest.entry(package.descriptor_name), package.descriptor_bytes())
     return [(manifest.entry(member.name), member) for member in referenced]
 
 
@@ -185,7 +185,8 @@ def import_package(request: ImportRequest, feedback: Feedback,
                         plan.system, digests,
                         lambda index, disk: _convert_disk(index, disk, members, staging,
                                                           feedback, request.max_disk_size,
-                                                          line.callback(index)))
+                                                          line.callback(index)),
+                        checked.package)
             finally:
                 line.close()
             config = ganeti_export.build_config(plan.system, exported,
@@ -270,7 +271,7 @@ def import_systems(request: ImportRequest, wanted: Sequence[str],
                     plan.system, digests,
                     lambda number, disk, per_system=members[index], staging=staging:
                     _convert_disk(number, disk, per_system, staging, feedback,
-                                  request.max_disk_size))
+                                  request.max_disk_size), package)
             config = ganeti_export.build_config(plan.system, exported,
                                                 source=netutils.Hostname.GetSysName())
             with open(staging.file(ganeti_export.CONFIG_NAME), "w") as handle:
@@ -394,13 +395,16 @@ def _digests(digest_checks: list) -> Iterator[list]:
 
 
 def _convert_verified(system: VirtualSystem, digests: list,
-                      convert_one: Callable[[int, Disk], object]) -> list:
+                      convert_one: Callable[[int, Disk], object],
+                      package: Package) -> list:
     """convert_one(index, disk) for every disk while the `digests` run; its
     results, by disk.
 
     Disks convert concurrently (each is a qemu-img process or the VMDK
     reader's threads) up to the number of processors.  Any failure, a digest
-    mismatch included, fails the whole before anything is trusted.
+    mismatch included, fails the whole before anything is trusted; so does a
+    package file rewritten in place meanwhile (the digests and the disk may
+    then have read different bytes).
     """
     workers = max(1, min(len(system.disks), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="disk") as converters:
@@ -409,6 +413,7 @@ def _convert_verified(system: VirtualSystem, digests: list,
         wait(digests + conversions)
     for future in digests + conversions:
         future.result()  # the first failure, digests first
+    package.check_unchanged()
     return [future.result() for future in conversions]
 
 
@@ -475,7 +480,8 @@ def import_direct(request: ImportRequest, jobs: instance.InstanceJobs, start: bo
                             checked.members[disk.disk_id], disk.file.compression,
                             disk.capacity, scratch, max_size=request.max_disk_size)
                 created = _create_and_write(system, prepared, digests, jobs, pnode, snode,
-                                            scratch, progress_stream, feedback, status_dir)
+                                            scratch, progress_stream, feedback, status_dir,
+                                            checked.package)
         except BaseException as err:
             status.record_import(system.name, status.FAILED, status_dir,
                                  error=instance.first_line(err))
@@ -494,7 +500,7 @@ def _create_and_write(system: VirtualSystem, prepared: dict, digests: list,
                       jobs: instance.InstanceJobs, pnode: Optional[str],
                       snode: Optional[str], scratch: str,
                       progress_stream: Optional[TextIO], feedback: Feedback,
-                      status_dir: str) -> instance.Created:
+                      status_dir: str, package: Package) -> instance.Created:
     """Create the instance, write every disk, check the digests, finish;
     remove the instance on any failure."""
     sizes = [max(disk.capacity, prepared[disk.disk_id].virtual_size
@@ -515,7 +521,8 @@ def _create_and_write(system: VirtualSystem, prepared: dict, digests: list,
             _convert_verified(system, digests,
                               lambda index, disk: _write_disk(
                                   disk, prepared.get(disk.disk_id), paths[index],
-                                  created.zeroed, scratch, line.callback(index)))
+                                  created.zeroed, scratch, line.callback(index)),
+                              package)
         finally:
             line.close()
         jobs.finish(created.name)

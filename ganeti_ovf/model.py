@@ -27,9 +27,10 @@ class Member:
     """
 
     name: str  # the name inside the package
-    path: str  # the file on disk that holds the bytes
+    path: str  # where the bytes are, for messages: never opened again
     offset: int
     size: int
+    fd: int = -1  # the file, opened once by the package (package/openfile.py)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import pytest
 from conftest import CORPUS
 from lxml import etree
 from ovfschema import validate_ovf10
+from members import opened_member
 from packaging import MIB, make_raw, run_gnt_ovf, sha256_file
 
 from ganeti_ovf import exporter
@@ -24,7 +25,7 @@ from ganeti_ovf.disks import qemu
 from ganeti_ovf.descriptor import versions
 from ganeti_ovf.descriptor.reader import parse_descriptor
 from ganeti_ovf.errors import OvfError
-from ganeti_ovf.model import Member
+
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
 GANETI_CORPUS = os.path.join(CORPUS, "ganeti")
@@ -285,11 +286,12 @@ def check_package(path, source, fmt, workdir, compress=False, external=False,
 
 
 def compare_in_place(package, href, fmt, dump):
-    """qemu-img reads the OVA member in place (--image-opts byte window)."""
+    """qemu-img reads the OVA member in place (a json: byte window on its
+    open descriptor)."""
     offset, size = package.offsets[href]
-    member = qemu.image_opts(Member(href, package.path, offset, size), fmt)
-    result = subprocess.run(["qemu-img", "compare", "-q", "--image-opts", member,
-                             "driver=raw,file.driver=file,file.filename=%s" % dump])
+    member = opened_member(href, package.path, offset, size)
+    result = subprocess.run(["qemu-img", "compare", "-q", "-F", "raw",
+                             qemu.image_source(member, fmt), dump], pass_fds=[member.fd])
     return result.returncode == 0
 
 

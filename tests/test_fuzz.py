@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
+from members import opened_member
 from ganeti_ovf.disks import formats
 from ganeti_ovf.cluster import ganeti_export
 from ganeti_ovf.package import tarreader
@@ -31,7 +32,7 @@ from ganeti_ovf.descriptor import units, versions
 from ganeti_ovf.descriptor.reader import parse_descriptor
 from ganeti_ovf.errors import OvfError
 from ganeti_ovf.package.manifest import parse_manifest
-from ganeti_ovf.model import Disk, FileRef, GanetiSettings, Member, Nic, VirtualSystem
+from ganeti_ovf.model import Disk, FileRef, GanetiSettings, Nic, VirtualSystem
 
 EXAMPLES = int(os.environ.get("GANETI_OVF_FUZZ_EXAMPLES", "250"))
 FUZZ = settings(max_examples=EXAMPLES, database=None, deadline=None, derandomize=False,
@@ -308,7 +309,7 @@ def test_fuzz_disk_inspect(scratch):
             data = mutate(seed, edits)
         path = write(scratch, "disk.img", bytes(offset) + data)
         found = refused_or_parsed(formats.inspect,
-                                  Member("disk.img", path, offset, len(data)))
+                                  opened_member("disk.img", path, offset, len(data)))
         if found is not None:
             assert found.format in ("raw", "qcow2", "vmdk", "vpc", "vdi")
             assert found.virtual_size >= 0

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from members import opened_member
 from ganeti_ovf import importer
 from ganeti_ovf.disks import convert
 from ganeti_ovf.errors import DiskError, ManifestError
@@ -89,9 +90,11 @@ def test_manifest_listing_everything_checks_the_descriptor_now(tmp_path):
     checks = importer.check_manifest(package, [disk], True, Said())
     assert [(entry.name, member.name) for entry, member in checks] == [("disk.img",
                                                                          "disk.img")]
-    (tmp_path / "vm.ovf").write_bytes(DESCRIPTOR.replace(b"Envelope", b"Envelopf"))
+    (tmp_path / "tampered").mkdir()
+    tampered = make_folder(tmp_path / "tampered", manifest=manifest)
+    (tmp_path / "tampered" / "vm.ovf").write_bytes(DESCRIPTOR.replace(b"Envelope", b"Envelopf"))
     with pytest.raises(ManifestError, match="vm.ovf: SHA256 digest mismatch"):
-        importer.check_manifest(package, [disk], False, Said())
+        importer.check_manifest(tampered, [disk], False, Said())
 
 
 def test_missing_manifest_warns_or_is_refused(tmp_path):
@@ -120,7 +123,7 @@ def test_declared_capacity_bound():
 
 
 def test_declared_file_size_checked_against_the_members():
-    members = {"vmdisk0": [Member("disk.img", "/nonexistent", 0, 1000)]}
+    members = {"vmdisk0": [opened_member("disk.img", "/nonexistent", 0, 1000)]}
     assert importer._check_sizes(system_with(MIB, 1000), members, MIB) == []
     assert importer._check_sizes(system_with(MIB, 999), members, MIB) == [
         "disk.img: ovf:size says 999 bytes, the file has 1000"]
@@ -136,7 +139,7 @@ def staging(tmp_path):
 def raw_member(tmp_path, size: int) -> Member:
     path = tmp_path / "disk.raw"
     path.write_bytes(b"\xa5" * size)
-    return Member("disk.raw", str(path), 0, size)
+    return opened_member("disk.raw", str(path), 0, size)
 
 
 def test_image_virtual_size_bound(tmp_path, staging):
@@ -161,7 +164,7 @@ def test_materialising_bound_follows_max_size_without_capacity(tmp_path, staging
     limit = max_size + max_size // 8 + 64 * MIB  # the metadata slack
     path = tmp_path / "disk.gz"
     path.write_bytes(gzip.compress(bytes(limit + 1), 1))
-    member = Member("disk.gz", str(path), 0, os.path.getsize(path))
+    member = opened_member("disk.gz", str(path), 0, os.path.getsize(path))
     with pytest.raises(DiskError) as info:
         convert.import_disk([member], COMPRESSION_GZIP, 0, str(tmp_path / "out.raw"),
                             str(staging), max_size=max_size)
@@ -172,10 +175,10 @@ def test_materialising_bound_follows_max_size_without_capacity(tmp_path, staging
 def test_materialising_bound_is_inclusive(tmp_path, staging):
     path = tmp_path / "disk"
     path.write_bytes(b"\x01" * 3000)
-    member = Member("disk", str(path), 0, 3000)
+    member = opened_member("disk", str(path), 0, 3000)
     staged = convert.materialize([member], COMPRESSION_NONE, str(staging), 3000)
     assert staged.size == 3000
-    os.unlink(staged.path)
+    os.close(staged.fd)
     with pytest.raises(DiskError, match="expands beyond the limit of 2999 bytes"):
         convert.materialize([member], COMPRESSION_NONE, str(staging), 2999)
 
@@ -184,7 +187,7 @@ def test_materialising_bound_is_inclusive(tmp_path, staging):
 
 
 def members_of(*sizes: int) -> list:
-    return [Member("d%d" % i, "/nonexistent", 0, size) for i, size in enumerate(sizes)]
+    return [opened_member("d%d" % i, "/nonexistent", 0, size) for i, size in enumerate(sizes)]
 
 
 def test_free_space_bound(tmp_path, monkeypatch):

@@ -74,10 +74,11 @@ def materialize(members: Sequence[Member], compression: str, staging_dir: str,
                 limit: int) -> Member:
     """Join `members` in order (decompressing gzip) into a private staging file.
 
-    Returns a Member for the new file (mode 0600, in `staging_dir`).  Raises
-    DiskError for an unknown compression, a truncated or trailing-garbage
-    gzip, output beyond `limit` bytes, or a read or write failure; a partial
-    file is removed.
+    Returns a Member for the new file: created private in `staging_dir` and
+    unlinked at once, it lives while its descriptor (member.fd, the caller's
+    to close) is open.  Raises DiskError for an unknown compression, a
+    truncated or trailing-garbage gzip, output beyond `limit` bytes, or a
+    read or write failure.
     """
     if not members:
         raise DiskError("no file to materialise")
@@ -86,6 +87,7 @@ def materialize(members: Sequence[Member], compression: str, staging_dir: str,
         raise DiskError("%s: unsupported compression %r" % (name, compression))
     try:
         fd, path = tempfile.mkstemp(prefix=".disk-", suffix=".img", dir=staging_dir)
+        os.unlink(path)  # reached through its descriptor only; gone when closed
     except OSError as err:
         raise DiskError("%s: cannot create a staging file in %s: %s"
                         % (name, staging_dir, err.strerror)) from None
@@ -100,14 +102,12 @@ def materialize(members: Sequence[Member], compression: str, staging_dir: str,
         out.finish()
     except BaseException as err:
         os.close(fd)
-        os.unlink(path)
         if isinstance(err, OSError):
             raise DiskError("%s: cannot materialise: %s" % (name, err)) from None
         if isinstance(err, zlib.error):
             raise DiskError("%s: corrupt gzip data: %s" % (name, err)) from None
         raise
-    os.close(fd)
-    return Member(name=name, path=path, offset=0, size=out.size)
+    return Member(name=name, path=path, offset=0, size=out.size, fd=fd)
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def prepare(members: Sequence[Member], compression: str, capacity: int,
     A compressed or chunked file is materialised first; `limit` bounds it
     (default: capacity plus metadata slack; with no capacity, `max_size`).
     The image is inspected here and by qemu-img info; an image whose virtual
-    size exceeds `max_size` is refused.  release() removes the staging file.
+    size exceeds `max_size` is refused.  release() frees the staging file.
     """
     if not members:
         raise DiskError("no disk file")
@@ -154,16 +154,16 @@ def prepare(members: Sequence[Member], compression: str, capacity: int,
                             " (--max-disk-size)" % (member.name, virtual_size, max_size))
     except BaseException:
         if staged:
-            os.unlink(member.path)
+            os.close(member.fd)
         raise
     return PreparedDisk(member=member, image=image, virtual_size=virtual_size,
                         staged=staged)
 
 
 def release(prepared: PreparedDisk) -> None:
-    """Remove the staging file of `prepared`, if any."""
+    """Remove the staging file of `prepared`, if any (closing it is enough)."""
     if prepared.staged:
-        _discard(prepared.member.path)
+        os.close(prepared.member.fd)
 
 
 def _checked(prepared: PreparedDisk, write: Callable[[], None]) -> None:

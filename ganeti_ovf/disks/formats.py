@@ -520,20 +520,18 @@ FORMATS: Tuple[Format, ...] = (
 
 
 def open_image(member: Member) -> int:
-    """A read-only descriptor of the regular file holding `member`, whose
-    byte range must lie inside it; DiskError otherwise."""
+    """The descriptor the package opened for `member` (the caller must not
+    close it), whose byte range must lie inside the file; DiskError otherwise."""
     try:
-        fd = os.open(member.path, os.O_RDONLY | os.O_CLOEXEC)
+        info = os.fstat(member.fd)
     except OSError as err:
-        raise DiskError("%s: cannot open %s: %s"
+        raise DiskError("%s: cannot read %s: %s"
                         % (member.name, member.path, err.strerror)) from None
-    info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or member.offset < 0 or member.size < 0 \
             or member.offset + member.size > info.st_size:
-        os.close(fd)
         raise DiskError("%s: byte range %d+%d lies outside %s"
                         % (member.name, member.offset, member.size, member.path))
-    return fd
+    return member.fd
 
 
 def inspect(member: Member) -> DiskImage:
@@ -556,8 +554,6 @@ def inspect(member: Member) -> DiskImage:
     except OSError as err:
         raise DiskError("%s: cannot read %s: %s"
                         % (member.name, member.path, err.strerror)) from None
-    finally:
-        os.close(fd)
     failures = [check.reason for check in fmt.checks if not _passes(check, fields)]
     if failures or not fmt.checks:
         raise DiskError("%s: refused %s image: %s"

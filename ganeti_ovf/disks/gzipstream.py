@@ -210,22 +210,18 @@ class _Stored:
 def read_range(member: Member, position: int, length: int) -> Iterator[bytes]:
     """Bytes [position, +length) of `member`'s file, in blocks (a file that
     ends early is a DiskError)."""
-    try:
-        fd = os.open(member.path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise DiskError("%s: cannot open %s: %s"
-                        % (member.name, member.path, err.strerror)) from None
-    try:
-        end = position + length
-        while position < end:
-            block = os.pread(fd, min(READ_BLOCK, end - position), position)
-            if not block:
-                raise DiskError("%s: file %s ends %d bytes early"
-                                % (member.name, member.path, end - position))
-            position += len(block)
-            yield block
-    finally:
-        os.close(fd)
+    end = position + length
+    while position < end:
+        try:
+            block = os.pread(member.fd, min(READ_BLOCK, end - position), position)
+        except OSError as err:
+            raise DiskError("%s: cannot read %s: %s"
+                            % (member.name, member.path, err.strerror)) from None
+        if not block:
+            raise DiskError("%s: file %s ends %d bytes early"
+                            % (member.name, member.path, end - position))
+        position += len(block)
+        yield block
 
 
 def _go_member(stored: _Stored, offset: int) -> Optional[Tuple[int, int]]:
@@ -350,12 +346,16 @@ def installed_tool() -> Optional[Tuple[str, str, List[str]]]:
 
 def _whole_file(stored: _Stored) -> Optional[int]:
     """A descriptor for the tool to read the file itself (saving two copies
-    through this process) when the stream is one whole regular file."""
+    through this process) when the stream is one whole regular file.
+
+    A new open file description of the package's own open file (through
+    /proc): the tool reads it from its own offset, and no path is reopened.
+    """
     if len(stored.members) != 1 or stored.start:
         return None
     member = stored.members[0]
     try:
-        fd = os.open(member.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open("/proc/self/fd/%d" % member.fd, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None  # the generic path says why, if it fails too
     info = os.fstat(fd)

@@ -5,8 +5,9 @@ igzip) runs with a reset environment
 (LC_ALL=C, a fixed PATH), under coreutils `timeout` and util-linux `prlimit`
 (address space, CPU time and, when writing, file size), with an explicit
 format: qemu-img never probes.  Output is read as JSON only, capped, and
-re-checked against what the caller expects.  A package member is opened in
-place through --image-opts: a raw "window" driver over the OVA's byte range.
+re-checked against what the caller expects.  A package member is read in
+place through the descriptor the package opened (image_source: a raw
+"window" driver over the OVA's byte range, no backing file ever).
 qemu-img runs through ganeti.utils.RunCmd; a filter streams gigabytes
 through pipes, which RunCmd would buffer whole, so run_filter starts it with
 subprocess (no shell) under the same limits.
@@ -19,7 +20,7 @@ import re
 import subprocess
 import tempfile
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from ganeti import errors as ganeti_errors
 from ganeti import utils
@@ -66,7 +67,7 @@ def readable_in_place(member: Member) -> bool:
     512 bytes, so the padding may be included when the file holds it.
     """
     try:
-        length = os.stat(member.path).st_size
+        length = os.fstat(member.fd).st_size
     except OSError:
         return False
     if member.offset == 0 and member.size == length:
@@ -75,20 +76,26 @@ def readable_in_place(member: Member) -> bool:
     return member.offset >= 0 and member.offset + rounded <= length
 
 
-def image_opts(member: Member, fmt: str) -> str:
-    """The --image-opts string that opens `member` as `fmt`, read in place."""
+def image_source(member: Member, fmt: str) -> str:
+    """The qemu-img filename that opens `member` as `fmt`, read in place.
+
+    A json: specification: the protocol node is the package's open
+    descriptor (/proc/self/fd/N, inherited by qemu-img through pass_fds),
+    inside a raw window for an OVA member, and "backing": null, so that no
+    image, even one rewritten after it was inspected, can make qemu open a
+    backing file of its choosing.  An explicit driver: qemu never probes.
+    """
     if fmt not in READ_FORMATS:
         raise DiskError("%s: format %r is not one qemu-img may read here" % (member.name, fmt))
     if not readable_in_place(member):
         raise DiskError("%s: byte range %d+%d of %s cannot be read in place"
                         % (member.name, member.offset, member.size, member.path))
-    path = _opt_value(os.path.abspath(member.path))
-    if member.offset == 0 and member.size == os.stat(member.path).st_size:
-        return "driver=%s,file.driver=file,file.filename=%s" % (fmt, path)
-    rounded = -(-member.size // SECTOR) * SECTOR
-    return ("driver=%s,file.driver=raw,file.offset=%d,file.size=%d,"
-            "file.file.driver=file,file.file.filename=%s"
-            % (fmt, member.offset, rounded, path))
+    node: Dict[str, Any] = {"driver": "file", "filename": "/proc/self/fd/%d" % member.fd}
+    if not (member.offset == 0 and member.size == os.fstat(member.fd).st_size):
+        node = {"driver": "raw", "offset": member.offset,
+                "size": -(-member.size // SECTOR) * SECTOR, "file": node}
+    return "json:" + json.dumps({"driver": fmt, "backing": None, "file": node},
+                                sort_keys=True)
 
 
 def _limits(seconds: int, fsize: Optional[int], program: str = QEMU_IMG) -> List[str]:
@@ -117,12 +124,14 @@ def _fail_reason(what: str, result: Any, seconds: int) -> DiskError:
 
 
 def _run(args: List[str], what: str, seconds: int = INFO_SECONDS,
-         fsize: Optional[int] = None) -> Any:
-    """Run qemu-img with `args` under limits; its RunResult if it succeeded."""
+         fsize: Optional[int] = None, fds: Sequence[int] = ()) -> Any:
+    """Run qemu-img with `args` under limits, passing it the descriptors
+    `fds`; its RunResult if it succeeded."""
     try:
         # coreutils timeout (_limits) enforces the time limit: RunCmd's own
         # timeout would poll in 1 s sleeps once the child closes its pipes.
-        result = utils.RunCmd(_limits(seconds, fsize) + args, env=ENV, reset_env=True)
+        result = utils.RunCmd(_limits(seconds, fsize) + args, env=ENV, reset_env=True,
+                              noclose_fds=list(fds) or None)
     except (ganeti_errors.GenericError, OSError) as err:
         raise DiskError("%s: cannot run qemu-img: %s" % (what, err)) from None
     if result.failed:
@@ -131,7 +140,7 @@ def _run(args: List[str], what: str, seconds: int = INFO_SECONDS,
 
 
 def _run_logged(args: List[str], what: str, seconds: int, fsize: Optional[int],
-                log_dir: str, progress: Optional[Progress]) -> None:
+                log_dir: str, progress: Optional[Progress], fds: Sequence[int] = ()) -> None:
     """Run a long qemu-img command, feeding its -p percentages to `progress`.
 
     RunCmd only returns output at the end, so it writes to a log file from a
@@ -144,7 +153,8 @@ def _run_logged(args: List[str], what: str, seconds: int, fsize: Optional[int],
     def work() -> None:
         try:
             outcome["result"] = utils.RunCmd(_limits(seconds, fsize) + args, env=ENV,
-                                             reset_env=True, output=log)
+                                             reset_env=True, output=log,
+                                             noclose_fds=list(fds) or None)
         except (ganeti_errors.GenericError, OSError) as err:
             outcome["error"] = err
 
@@ -200,8 +210,8 @@ def info(member: Member, fmt: str, expected_size: Optional[int] = None) -> Dict[
     size other than `expected_size`.
     """
     what = member.name
-    data = _json(_run(["info", "--output=json", "--image-opts",
-                       image_opts(member, fmt)], what), what)
+    data = _json(_run(["info", "--output=json", image_source(member, fmt)], what,
+                      fds=[member.fd]), what)
     problems = []
     if data.get("format") != fmt:
         problems.append("format is %r, not %r" % (data.get("format"), fmt))
@@ -247,10 +257,10 @@ def check_member(member: Member, fmt: str) -> Dict[str, Any]:
     what = member.name
     if fmt not in CHECK_FORMATS:
         raise DiskError("%s: qemu-img check of %r images is not done here" % (what, fmt))
-    args = _limits(CHECK_SECONDS, None) + ["check", "--output=json", "--image-opts",
-                                           image_opts(member, fmt)]
+    args = _limits(CHECK_SECONDS, None) + ["check", "--output=json",
+                                           image_source(member, fmt)]
     try:
-        result = utils.RunCmd(args, env=ENV, reset_env=True)
+        result = utils.RunCmd(args, env=ENV, reset_env=True, noclose_fds=[member.fd])
     except (ganeti_errors.GenericError, OSError) as err:
         raise DiskError("%s: cannot run qemu-img: %s" % (what, err)) from None
     if result.exit_code not in _CHECK_OK:
@@ -306,9 +316,10 @@ def convert_to_raw(member: Member, fmt: str, dest: str,
     limit = -(-virtual_size // SECTOR) * SECTOR
     _claim(dest)
     try:
-        _run_logged(["convert", "-p", "-W", "-S", "4k", "--image-opts",
-                     image_opts(member, fmt), "-O", "raw", dest],
-                    member.name, seconds, limit, os.path.dirname(dest), progress)
+        _run_logged(["convert", "-p", "-W", "-S", "4k", image_source(member, fmt),
+                     "-O", "raw", dest],
+                    member.name, seconds, limit, os.path.dirname(dest), progress,
+                    fds=[member.fd])
     except BaseException:
         _remove(dest)
         raise
@@ -327,13 +338,12 @@ def convert_into(member: Member, fmt: str, dest: str, dest_size: int,
     """
     if virtual_size is None:
         virtual_size = info(member, fmt)["virtual-size"]
-    args = ["convert", "-p", "-W", "-n", "--image-opts", image_opts(member, fmt),
-            "-O", "raw"]
+    args = ["convert", "-p", "-W", "-n", image_source(member, fmt), "-O", "raw"]
     if target_is_zero:
         args.append("--target-is-zero")
     _run_logged(args + [os.path.abspath(dest)], member.name,
                 _convert_seconds(member.size, virtual_size), dest_size, log_dir,
-                progress)
+                progress, fds=[member.fd])
 
 
 def convert_from_raw(src: str, fmt: str, dest: str, compress: bool = False,

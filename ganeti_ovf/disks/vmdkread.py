@@ -362,16 +362,12 @@ def write_stream_optimized(member: Member, out: int, dest: str, virtual_size: in
     written; otherwise every byte of the virtual disk is written, the
     ranges without data through zero(offset, length).
     """
-    fd = open_image(member)
-    try:
-        src = _Source(fd, member)
-        geo = _geometry(src)
-        if geo.capacity != virtual_size:
-            raise DiskError("%s: VMDK capacity %d differs from the virtual size %d"
-                            % (member.name, geo.capacity, virtual_size))
-        _convert(src, geo, _Converter(src, geo, out, dest, zero), threads, progress)
-    finally:
-        os.close(fd)
+    src = _Source(open_image(member), member)
+    geo = _geometry(src)
+    if geo.capacity != virtual_size:
+        raise DiskError("%s: VMDK capacity %d differs from the virtual size %d"
+                        % (member.name, geo.capacity, virtual_size))
+    _convert(src, geo, _Converter(src, geo, out, dest, zero), threads, progress)
 
 
 def _zero_grains(geo: _Geometry, first: int, end: int, zero: Zero) -> None:

@@ -141,28 +141,29 @@ def format_manifest(entries: Iterable[Tuple[str, str, str]]) -> bytes:
     return "".join(lines).encode("utf-8")
 
 
-def hash_member(member: Member, algorithm: str) -> str:
-    """Hex digest of a member's byte range, read in 1 MiB pieces."""
+def _hasher(algorithm: str) -> "hashlib._Hash":
     hash_name = hash_name_for(algorithm)
     if hash_name is None:
         raise ManifestError("unsupported digest algorithm %r" % algorithm)
-    hasher = hashlib.new(hash_name)
+    return hashlib.new(hash_name)
+
+
+def hash_member(member: Member, algorithm: str) -> str:
+    """Hex digest of a member's byte range, read in 1 MiB pieces through the
+    descriptor the package opened (never its path)."""
+    hasher = _hasher(algorithm)
     buffer = bytearray(READ_SIZE)
     view = memoryview(buffer)
+    position, left = member.offset, member.size
     try:
-        # O_NOFOLLOW: a folder member swapped for a symlink after the package
-        # layer checked it is still refused.
-        fd = os.open(member.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb", buffering=0) as stream:
-            stream.seek(member.offset)
-            left = member.size
-            while left > 0:
-                count = stream.readinto(view[:min(left, READ_SIZE)])
-                if not count:
-                    raise ManifestError("%s: file ends %d bytes early (in %s)"
-                                        % (member.name, left, member.path))
-                hasher.update(view[:count])
-                left -= count
+        while left > 0:
+            count = os.preadv(member.fd, [view[:min(left, READ_SIZE)]], position)
+            if not count:
+                raise ManifestError("%s: file ends %d bytes early (in %s)"
+                                    % (member.name, left, member.path))
+            hasher.update(view[:count])
+            position += count
+            left -= count
     except OSError as err:
         raise ManifestError("%s: cannot read %s: %s" % (member.name, member.path,
                                                        err.strerror))
@@ -172,6 +173,14 @@ def hash_member(member: Member, algorithm: str) -> str:
 def verify_member(entry: ManifestEntry, member: Member) -> None:
     """Raise ManifestError unless the member's stored bytes have the listed digest."""
     entry.check(hash_member(member, entry.algorithm))
+
+
+def verify_bytes(entry: ManifestEntry, data: bytes) -> None:
+    """Raise ManifestError unless `data` (a file already read, such as the
+    descriptor that was parsed) has the listed digest."""
+    hasher = _hasher(entry.algorithm)
+    hasher.update(data)
+    entry.check(hasher.hexdigest())
 
 
 def _shorten(text: str, limit: int = 80) -> str:

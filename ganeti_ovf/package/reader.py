@@ -10,9 +10,12 @@ caller's staging directory and read in place from there.
 Safety: member names are relative paths of plain components (hrefs such as
 `disks/disk1.vmdk` included); in a folder every component is opened with
 O_NOFOLLOW below the package directory, so a symlink (even one pointing
-inside) or a non-regular file is refused, and a sub-folder stays pinned open
-so that later reads cannot be redirected out of the package.  A folder
-package's members are valid while the package is open.
+inside) or a non-regular file is refused.  Every file is opened once
+(openfile.py) and a `Member` carries its descriptor: no later stage opens a
+path.  Small files (descriptor, manifest, certificate) are read once, so the
+bytes parsed are the bytes whose digest and signature are checked.  Members
+are valid while the package is open; check_unchanged() tells whether any of
+its files was rewritten in place meanwhile.
 """
 
 import errno
@@ -21,12 +24,13 @@ import stat
 import tempfile
 import weakref
 import zlib
-from typing import BinaryIO, Dict, List, Optional
+from typing import BinaryIO, Dict, List, Optional, Tuple
 
-from ganeti_ovf.package import tarreader
 from ganeti_ovf.errors import PackageError
-from ganeti_ovf.package.manifest import Manifest, parse_manifest
 from ganeti_ovf.model import Member
+from ganeti_ovf.package import tarreader
+from ganeti_ovf.package.manifest import Manifest, parse_manifest
+from ganeti_ovf.package.openfile import OPEN_FLAGS, OpenedFile
 
 DESCRIPTOR_CAP = 32 << 20
 MANIFEST_CAP = 4 << 20
@@ -35,12 +39,10 @@ GZIP_MAGIC = b"\x1f\x8b"
 _GUNZIP_READ = 1 << 20
 _GUNZIP_OUT = 16 << 20  # bounds memory per step however well the input compresses
 _CHUNK_DIGITS = 9  # href.000000000, as the OVF specification numbers chunks
-# O_NONBLOCK: opening a FIFO planted in the folder must not hang.
-_NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class Package:
-    """An opened package.  Use `Package.open`; close() removes any staged copy."""
+    """An opened package.  Use `Package.open`; close() releases its files."""
 
     kind = ""  # "ovf" (a folder) or "ova"
 
@@ -48,6 +50,10 @@ class Package:
         self.path = path
         self.descriptor_name = descriptor_name
         self.warnings: List[str] = []
+        # Every file this package opened, each once; closed by close().
+        self._opened: List[OpenedFile] = []
+        self._finalizer = weakref.finalize(self, _close_all, self._opened)
+        self._read_cache: Dict[str, bytes] = {}
 
     @classmethod
     def open(cls, path: str, staging_dir: Optional[str] = None,
@@ -56,33 +62,51 @@ class Package:
 
         Raises PackageError for anything that is neither, or is unsafe.
         """
-        head = _read_head(path)
-        if head.startswith(GZIP_MAGIC):
-            if staging_dir is None:
-                raise PackageError("%s: a gzip-compressed OVA needs a staging directory"
-                                   % path)
-            staged = _gunzip(path, staging_dir)
+        directory, source, linked = _open_operator_path(path)
+        try:
             try:
-                return _OvaPackage(path, staged, max_members)
-            except BaseException:
-                _remove(staged)
-                raise
-        if tarreader.is_tar_header(head):
-            return _OvaPackage(path, None, max_members)
-        if path.lower().endswith(".ovf"):
-            return _FolderPackage(path)
-        why = "not a tar archive" if path.lower().endswith(".ova") else \
-            "expected a .ovf file or a tar archive"
-        raise PackageError("%s: not an OVF descriptor or OVA archive (%s)" % (path, why))
+                head = os.pread(source.fd, tarreader.BLOCK, 0)
+            except OSError as err:
+                raise PackageError("%s: cannot read: %s" % (path, err.strerror))
+            if head.startswith(GZIP_MAGIC):
+                if staging_dir is None:
+                    raise PackageError("%s: a gzip-compressed OVA needs a staging directory"
+                                       % path)
+                return _OvaPackage(path, [source, _gunzip(source, staging_dir)], max_members)
+            if tarreader.is_tar_header(head):
+                return _OvaPackage(path, [source], max_members)
+            if path.lower().endswith(".ovf"):
+                if linked:
+                    raise PackageError("%s: a symbolic link (refused: a folder package's "
+                                       "files are read from the folder itself)" % path)
+                package = _FolderPackage(path, directory, source)
+                directory = -1  # the package owns it now
+                return package
+            why = "not a tar archive" if path.lower().endswith(".ova") else \
+                "expected a .ovf file or a tar archive"
+            raise PackageError("%s: not an OVF descriptor or OVA archive (%s)" % (path, why))
+        except BaseException:
+            source.close()
+            raise
+        finally:
+            if directory >= 0:
+                os.close(directory)
 
     def close(self) -> None:
-        """Release what the package holds (a staged decompressed copy)."""
+        """Close every file of the package (and so free a staged copy)."""
+        self._finalizer()
 
     def __enter__(self) -> "Package":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def check_unchanged(self) -> None:
+        """PackageError if a file of the package changed in place since it
+        was opened: whatever was read from it then cannot be trusted."""
+        for opened in self._opened:
+            opened.check_unchanged()
 
     # What each kind of package provides.
     def names(self) -> List[str]:
@@ -110,6 +134,7 @@ class Package:
         return True
 
     def descriptor_bytes(self) -> bytes:
+        """The descriptor, read once: the bytes parsed are the bytes checked."""
         return self._read(self.descriptor_name, DESCRIPTOR_CAP)
 
     def manifest_name(self) -> Optional[str]:
@@ -119,14 +144,15 @@ class Package:
         return self._manifest_name(".cert")
 
     def manifest_bytes(self) -> Optional[bytes]:
+        """The manifest, read once: the bytes signed are the entries used."""
         name = self.manifest_name()
         return None if name is None else self._read(name, MANIFEST_CAP)
 
     def manifest(self) -> Optional[Manifest]:
+        data = self.manifest_bytes()
         name = self.manifest_name()
-        if name is None:
-            return None
-        return parse_manifest(self._read(name, MANIFEST_CAP), self.label(name))
+        return None if data is None or name is None else \
+            parse_manifest(data, self.label(name))
 
     def certificate_bytes(self) -> Optional[bytes]:
         name = self.certificate_name()
@@ -152,49 +178,57 @@ class Package:
                                    % (self.path, prefix, _CHUNK_DIGITS, index, href))
         return [self.member(found[index]) for index in range(len(found))]
 
+    def _keep(self, opened: OpenedFile) -> OpenedFile:
+        self._opened.append(opened)
+        return opened
+
     def _read(self, name: str, cap: int) -> bytes:
+        cached = self._read_cache.get(name)
+        if cached is not None:
+            return cached
         member = self.member(name)
         if member.size > cap:
             raise PackageError("%s: %d bytes, more than the %d allowed"
                                % (self.label(name), member.size, cap))
         try:
-            with open_member(member) as stream:
-                data = stream.read(member.size)
+            data = read_member(member)
         except OSError as err:
             raise PackageError("%s: cannot read: %s" % (self.label(name), err.strerror))
         if len(data) != member.size:
             raise PackageError("%s: file is shorter than its listed size" % self.label(name))
+        self._read_cache[name] = data
         return data
 
 
 class _FolderPackage(Package):
     """A descriptor and the files beside it, or in sub-folders below it.
 
-    A sub-folder is opened once, component by component with O_NOFOLLOW, and
-    its descriptor is kept open while the package is: its members are named
-    through /proc/PID/fd/N/NAME, which resolves in that very directory however
-    the folder is changed afterwards (a component swapped for a symlink, the
-    sub-folder renamed), for this process and for the qemu-img it runs.
+    The package's folder is opened once, and every file in it is opened once
+    relative to it, component by component with O_NOFOLLOW (a sub-folder
+    stays open while the package is).  Renaming, replacing or linking paths
+    afterwards changes nothing we read.
     """
 
     kind = "ovf"
 
-    def __init__(self, path: str) -> None:
-        self.directory = os.path.dirname(os.path.abspath(path))
-        self._pinned: Dict[str, int] = {}
-        self._finalizer = weakref.finalize(self, _close_all, self._pinned)
+    def __init__(self, path: str, directory: int, descriptor: OpenedFile) -> None:
         super().__init__(path, os.path.basename(path))
-        self.member(self.descriptor_name)  # a symlinked descriptor is refused too
+        self.directory = os.path.dirname(os.path.abspath(path))
+        self._directory_fd = directory
+        self._pinned: Dict[str, int] = {"": directory}
+        self._files: Dict[str, OpenedFile] = {self.descriptor_name: self._keep(descriptor)}
+        self._dir_finalizer = weakref.finalize(self, _close_fds, self._pinned)
 
     def close(self) -> None:
-        self._finalizer()
+        super().close()
+        self._dir_finalizer()
 
     def label(self, name: str) -> str:
         return os.path.join(self.directory, name)
 
     def names(self) -> List[str]:
         try:
-            entries = sorted(os.listdir(self.directory))
+            entries = sorted(os.listdir(self._directory_fd))
         except OSError as err:
             raise PackageError("%s: cannot list: %s" % (self.directory, err.strerror))
         return [name for name in entries
@@ -202,71 +236,48 @@ class _FolderPackage(Package):
 
     def _is_file(self, name: str) -> bool:
         try:
-            return stat.S_ISREG(os.lstat(os.path.join(self.directory, name)).st_mode)
+            return stat.S_ISREG(os.lstat(name, dir_fd=self._directory_fd).st_mode)
         except OSError:
             return False
 
     def member(self, name: str) -> Member:
         _check_name(self.label(name), name)
-        subdir, _, base = name.rpartition("/")
-        try:
-            if subdir:
-                directory = self._pinned_directory(subdir)
-                path = "%s/%s" % (_fd_path(directory), base)
-            else:
-                directory = self._open_directory([])
-                path = os.path.join(self.directory, name)
+        opened = self._files.get(name)
+        if opened is None:
+            subdir, _, base = name.rpartition("/")
             try:
-                fd = os.open(base, _NOFOLLOW, dir_fd=directory)
-            finally:
-                if not subdir:
-                    os.close(directory)
-            try:
-                info = os.fstat(fd)
-            finally:
-                os.close(fd)
-        except OSError as err:
-            raise PackageError("%s: %s" % (self.label(name), _open_problem(err)))
-        if not stat.S_ISREG(info.st_mode):
-            raise PackageError("%s: not a regular file" % self.label(name))
-        return Member(name, path, 0, info.st_size)
+                opened = OpenedFile.open(base, self.label(name),
+                                         dir_fd=self._pinned_directory(subdir))
+            except OSError as err:
+                raise PackageError("%s: %s" % (self.label(name), _open_problem(err)))
+            self._files[name] = self._keep(opened)
+        return Member(name, self.label(name), 0, opened.size, opened.fd)
 
     def _pinned_directory(self, subdir: str) -> int:
         """The sub-folder's descriptor, opened once for the package's life."""
         fd = self._pinned.get(subdir)
         if fd is not None:
             return fd
-        fd = self._open_directory(subdir.split("/"))
+        fd = os.dup(self._directory_fd)
         try:
-            # The /proc name must lead to this very directory, or nothing may
-            # be read through it (no /proc, or another pid namespace's).
-            seen, pinned = os.stat(_fd_path(fd)), os.fstat(fd)
-            if (seen.st_dev, seen.st_ino) != (pinned.st_dev, pinned.st_ino):
-                raise PackageError("%s: cannot pin the sub-folder: %s does not lead to it"
-                                   % (self.label(subdir), _fd_path(fd)))
+            for part in subdir.split("/"):
+                child = os.open(part, OPEN_FLAGS | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = child
         except BaseException:
             os.close(fd)
             raise
         self._pinned[subdir] = fd
         return fd
 
-    def _open_directory(self, parts: List[str]) -> int:
-        """A descriptor of the package sub-directory `parts`, no symlink followed."""
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for part in parts:
-                child = os.open(part, _NOFOLLOW | os.O_DIRECTORY, dir_fd=fd)
-                os.close(fd)
-                fd = child
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
     def _manifest_name(self, extension: str) -> Optional[str]:
         name = os.path.splitext(self.descriptor_name)[0] + extension
-        if not os.path.lexists(os.path.join(self.directory, name)):
+        try:
+            os.lstat(name, dir_fd=self._directory_fd)
+        except FileNotFoundError:
             return None
+        except OSError as err:
+            raise PackageError("%s: %s" % (self.label(name), _open_problem(err)))
         # There: a symlink, FIFO or device is refused, never taken for "no
         # manifest" (which would drop the integrity check).
         self.member(name)
@@ -278,32 +289,35 @@ class _FolderPackage(Package):
             return self.names()
         try:
             entries = os.listdir(self._pinned_directory(subdir))
-        except (OSError, PackageError):
+        except OSError:
             return []  # chunks() then reports that there are none
         return [subdir + "/" + entry for entry in sorted(entries)]
 
 
-def _fd_path(fd: int) -> str:
-    return "/proc/%d/fd/%d" % (os.getpid(), fd)
+def _close_all(files: List[OpenedFile]) -> None:
+    for opened in files:
+        opened.close()
+    files.clear()
 
 
-def _close_all(fds: Dict[str, int]) -> None:
+def _close_fds(fds: Dict[str, int]) -> None:
     for fd in fds.values():
         os.close(fd)
     fds.clear()
 
 
 class _OvaPackage(Package):
-    """A tar archive (possibly a staged decompressed copy of a gzip OVA)."""
+    """A tar archive, opened once; or a gzip OVA and its private decompressed
+    copy (the last of `files`), whose members are read from the copy."""
 
     kind = "ova"
 
-    def __init__(self, path: str, staged: Optional[str], max_members: int) -> None:
-        # The operator may name the OVA through a symlink; members are then
-        # read from the real file, which the tar reader opens with O_NOFOLLOW.
-        self.archive = staged or os.path.realpath(path)
-        self._finalizer = weakref.finalize(self, _remove, staged) if staged else None
-        members = tarreader.read_tar(self.archive, path, max_members)
+    def __init__(self, path: str, files: List[OpenedFile], max_members: int) -> None:
+        super().__init__(path, "")
+        for opened in files:
+            self._keep(opened)
+        self.archive = files[-1]
+        members = tarreader.scan_tar(self.archive.fd, path, max_members)
         descriptors = [m for m in members if m.name.lower().endswith(".ovf")]
         if not descriptors:
             raise PackageError("%s: the archive holds no .ovf descriptor" % path)
@@ -317,16 +331,12 @@ class _OvaPackage(Package):
         prefix = self.base + "/" if self.base else ""
         self._members = {m.name[len(prefix):]: m for m in members
                          if m.name.startswith(prefix)}
-        super().__init__(path, descriptor.name[len(prefix):])
+        self.descriptor_name = descriptor.name[len(prefix):]
         if members[0] is not descriptor:
             self.warnings.append("%s: the descriptor %s is not the first member of the "
                                  "archive, as the OVF specification requires"
                                  % (path, descriptor.name))
         self._companions = {ext: self._find_companion(ext) for ext in (".mf", ".cert")}
-
-    def close(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer()
 
     def label(self, name: str) -> str:
         return "%s:%s" % (self.path, name)
@@ -339,7 +349,7 @@ class _OvaPackage(Package):
         found = self._members.get(name)
         if found is None:
             raise PackageError("%s: no such member in the archive" % self.label(name))
-        return Member(name, self.archive, found.offset, found.size)
+        return Member(name, self.archive.label, found.offset, found.size, self.archive.fd)
 
     def _manifest_name(self, extension: str) -> Optional[str]:
         return self._companions[extension]
@@ -364,23 +374,47 @@ class _OvaPackage(Package):
         return self.names()
 
 
-def open_member(member: Member) -> BinaryIO:
-    """An unbuffered stream positioned at the start of `member`'s bytes.
+def read_member(member: Member) -> bytes:
+    """All of `member`'s bytes, read through its open descriptor (fewer if
+    the file ends early).  Raises OSError."""
+    parts = []
+    position, end = member.offset, member.offset + member.size
+    while position < end:
+        block = os.pread(member.fd, min(end - position, _GUNZIP_READ), position)
+        if not block:
+            break
+        parts.append(block)
+        position += len(block)
+    return b"".join(parts)
 
-    O_NOFOLLOW: a folder member swapped for a symlink after it was checked is
-    still refused.  Raises OSError.
+
+def _open_operator_path(path: str) -> Tuple[int, OpenedFile, bool]:
+    """(its folder's descriptor, the file, whether it was reached through a
+    symlink) for the package path the operator named.
+
+    The file is opened without following a symlink, relative to its folder,
+    so that a folder package's descriptor is the one its folder holds; an
+    operator's symlink to an archive is followed (it is his path).
     """
-    fd = os.open(member.path, _NOFOLLOW)
+    folder = os.path.dirname(os.path.abspath(path))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        os.set_blocking(fd, True)
-        stream = os.fdopen(fd, "rb", buffering=0)
+        directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise PackageError("%s: cannot open its folder: %s" % (path, err.strerror))
+    try:
+        try:
+            return directory, OpenedFile.open(os.path.basename(path), path,
+                                              dir_fd=directory), False
+        except OSError as err:
+            if err.errno != errno.ELOOP:
+                raise
+        return directory, OpenedFile.open(path, path, follow=True), True
+    except OSError as err:
+        os.close(directory)
+        raise PackageError("%s: cannot open: %s" % (path, err.strerror))
     except BaseException:
-        os.close(fd)
+        os.close(directory)
         raise
-    stream.seek(member.offset)
-    return stream  # type: ignore[return-value]
 
 
 def _check_name(label: str, name: str) -> None:
@@ -397,40 +431,32 @@ def _open_problem(err: OSError) -> str:
     return "cannot open: %s" % err.strerror
 
 
-def _read_head(path: str) -> bytes:
-    """The first tar block of the file at `path` (O_NONBLOCK: a FIFO must not hang us)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as err:
-        raise PackageError("%s: cannot open: %s" % (path, err.strerror))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PackageError("%s: not a regular file" % path)
-        return os.pread(fd, tarreader.BLOCK, 0)
-    except OSError as err:
-        raise PackageError("%s: cannot read: %s" % (path, err.strerror))
-    finally:
-        os.close(fd)
+def _gunzip(source: OpenedFile, staging_dir: str) -> OpenedFile:
+    """Decompress the gzip OVA `source` into a private file in `staging_dir`.
 
-
-def _gunzip(path: str, staging_dir: str) -> str:
-    """Decompress gzip file `path` into a new private file in `staging_dir`."""
+    The copy is unlinked at once: it lives while its descriptor is open, and
+    nobody can reach it by name.
+    """
+    path = source.label
     try:
         fd, staged = tempfile.mkstemp(prefix=".ova-", suffix=".tar", dir=staging_dir)
+        os.unlink(staged)
     except OSError as err:
         raise PackageError("%s: cannot create a file in %s: %s"
                            % (path, staging_dir, err.strerror))
     try:
-        with open(path, "rb") as source, os.fdopen(fd, "wb") as target:
-            _gunzip_stream(path, source, target)
+        reading = os.dup(source.fd)
+        os.lseek(reading, 0, os.SEEK_SET)
+        with os.fdopen(reading, "rb") as stream, os.fdopen(os.dup(fd), "wb") as target:
+            _gunzip_stream(path, stream, target)
     except OSError as err:
-        _remove(staged)
+        os.close(fd)
         raise PackageError("%s: cannot decompress into %s: %s"
                            % (path, staging_dir, err.strerror))
     except BaseException:
-        _remove(staged)
+        os.close(fd)
         raise
-    return staged
+    return OpenedFile(fd, "%s (decompressed)" % path)
 
 
 def _gunzip_stream(path: str, source: BinaryIO, target: BinaryIO) -> None:
@@ -465,10 +491,3 @@ def _gunzip_stream(path: str, source: BinaryIO, target: BinaryIO) -> None:
         raise PackageError("%s: corrupt gzip data: %s" % (path, err))
     if not decompressor.eof:
         raise PackageError("%s: truncated gzip data" % path)
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

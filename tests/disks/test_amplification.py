@@ -14,13 +14,14 @@ import subprocess
 import pytest
 from packaging import MIB, make_raw
 
+from members import opened_member
 from ganeti_ovf.disks import formats
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import Member
 
 
 def whole(path) -> Member:
-    return Member(os.path.basename(str(path)), str(path), 0, os.path.getsize(str(path)))
+    return opened_member(os.path.basename(str(path)), str(path), 0, os.path.getsize(str(path)))
 
 
 def qemu_image(tmp_path, fmt, size=8 * MIB, options=()):

@@ -11,6 +11,8 @@ import zlib
 import pytest
 from conftest import CORPUS
 
+from members import opened_member
+from ganeti_ovf.package.reader import read_member
 from ganeti_ovf.disks import convert
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import COMPRESSION_GZIP, COMPRESSION_NONE, Member
@@ -61,7 +63,7 @@ def plain_raw(tmp_path, image, fmt, name="plain.raw") -> str:
 
 
 def whole(path) -> Member:
-    return Member(os.path.basename(str(path)), str(path), 0, os.path.getsize(path))
+    return opened_member(os.path.basename(str(path)), str(path), 0, os.path.getsize(path))
 
 
 def patterned_raw(path, size=8 * MIB) -> None:
@@ -81,7 +83,7 @@ def in_tar(tmp_path, *files) -> list:
         for index, path in enumerate(files):
             archive.add(path, "f%d" % index)
     with tarfile.open(tar) as archive:
-        return [Member("f%d" % index, str(tar), info.offset_data, info.size)
+        return [opened_member("f%d" % index, str(tar), info.offset_data, info.size)
                 for index, info in enumerate(archive.getmembers()[1:])]
 
 
@@ -98,12 +100,13 @@ def test_gzip_streams_into_a_private_file(tmp_path, staging):
     (tmp_path / "d.gz").write_bytes(gzip.compress(data))
     member = convert.materialize([whole(tmp_path / "d.gz")], COMPRESSION_GZIP, str(staging),
                                limit=len(data))
-    assert os.path.dirname(member.path) == str(staging)
     assert (member.offset, member.size) == (0, len(data))
-    assert os.stat(member.path).st_mode & 0o777 == 0o600
-    with open(member.path, "rb") as handle:
-        assert hashlib.sha256(handle.read()).digest() == hashlib.sha256(data).digest()
-    assert os.stat(member.path).st_blocks * 512 < 5 * MIB  # the zero MiBs are holes
+    # Private: on the staging file system, mode 0600, and reachable by no name.
+    info = os.fstat(member.fd)
+    assert info.st_dev == os.stat(str(staging)).st_dev and info.st_nlink == 0
+    assert info.st_mode & 0o777 == 0o600 and os.listdir(str(staging)) == []
+    assert hashlib.sha256(read_member(member)).digest() == hashlib.sha256(data).digest()
+    assert info.st_blocks * 512 < 5 * MIB  # the zero MiBs are holes
 
 
 def test_gzip_chunked_and_multi_member(tmp_path, staging):
@@ -114,8 +117,7 @@ def test_gzip_chunked_and_multi_member(tmp_path, staging):
         (tmp_path / ("c%d" % index)).write_bytes(part)
     members = in_tar(tmp_path, *(tmp_path / ("c%d" % i) for i in range(3)))
     member = convert.materialize(members, COMPRESSION_GZIP, str(staging), limit=MIB)
-    with open(member.path, "rb") as handle:
-        assert handle.read() == data
+    assert read_member(member) == data
 
 
 def test_chunks_joined_in_order(tmp_path, staging):
@@ -124,8 +126,7 @@ def test_chunks_joined_in_order(tmp_path, staging):
         (tmp_path / ("c%d" % index)).write_bytes(chunk)
     members = in_tar(tmp_path, *(tmp_path / ("c%d" % i) for i in range(3)))
     member = convert.materialize(members, COMPRESSION_NONE, str(staging), limit=2 * MIB)
-    with open(member.path, "rb") as handle:
-        assert handle.read() == b"".join(chunks)
+    assert read_member(member) == b"".join(chunks)
 
 
 @pytest.mark.parametrize("payload, limit, message", [
@@ -150,7 +151,7 @@ def test_identity_over_limit_and_unknown_compression(tmp_path, staging):
     with pytest.raises(DiskError, match="unsupported compression 'bzip2'"):
         convert.materialize([whole(tmp_path / "d")], "bzip2", str(staging), 5000)
     with pytest.raises(DiskError, match="ends 100 bytes early"):
-        convert.materialize([Member("d", str(tmp_path / "d"), 100, 2000)], COMPRESSION_NONE,
+        convert.materialize([opened_member("d", str(tmp_path / "d"), 100, 2000)], COMPRESSION_NONE,
                           str(staging), 5000)
     assert os.listdir(staging) == []
 

@@ -10,6 +10,7 @@ import tarfile
 import pytest
 from conftest import CORPUS
 
+from members import opened_member
 from ganeti_ovf.disks import formats
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import Member
@@ -24,7 +25,7 @@ def qemu_img(*args: str) -> None:
 
 def whole(path) -> Member:
     path = str(path)
-    return Member(os.path.basename(path), path, 0, os.path.getsize(path))
+    return opened_member(os.path.basename(path), path, 0, os.path.getsize(path))
 
 
 def create(tmp_path, name, fmt, size="4M", *options):
@@ -105,18 +106,18 @@ def test_member_inside_a_tar_is_read_in_place(tmp_path):
         archive.add(image, "disk.qcow2")
     with tarfile.open(tar) as archive:
         info = archive.getmember("disk.qcow2")
-    member = Member("disk.qcow2", str(tar), info.offset_data, info.size)
+    member = opened_member("disk.qcow2", str(tar), info.offset_data, info.size)
     assert member.offset > 0
     assert formats.inspect(member).virtual_size == 3 * MIB
     # The same bytes seen from the tar's start are the tar header: raw.
-    assert formats.inspect(Member("x", str(tar), 0, 512)).format == "raw"
+    assert formats.inspect(opened_member("x", str(tar), 0, 512)).format == "raw"
 
 
 def test_member_outside_its_file(tmp_path):
     path = tmp_path / "short"
     path.write_bytes(bytes(100))
-    refused(Member("short", str(path), 50, 100), "outside")
-    refused(Member("gone", str(tmp_path / "missing"), 0, 1), "cannot open")
+    refused(opened_member("short", str(path), 50, 100), "outside")
+    refused(opened_member("gone", str(tmp_path / "missing"), 0, 1), "cannot read")
 
 
 # --- qcow2 -----------------------------------------------------------------

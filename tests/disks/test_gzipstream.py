@@ -17,6 +17,7 @@ import threading
 
 import pytest
 
+from members import opened_member
 from ganeti_ovf.disks import deflate, gzipstream, sparse
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import Member
@@ -120,7 +121,7 @@ def test_bad_level_refused(tmp_path):
 
 def member(path: str, offset: int = 0, size=None) -> Member:
     size = os.path.getsize(path) - offset if size is None else size
-    return Member(name=os.path.basename(path), path=path, offset=offset, size=size)
+    return opened_member(os.path.basename(path), path=path, offset=offset, size=size)
 
 
 def inflate(members, limit=None):

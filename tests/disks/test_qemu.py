@@ -1,6 +1,7 @@
 """qemu-img through qemu.py: in-place opening, re-checks, conversions, limits."""
 
 import hashlib
+import json
 import os
 import struct
 import subprocess
@@ -8,6 +9,7 @@ import tarfile
 
 import pytest
 
+from members import opened_member
 from ganeti_ovf.disks import formats, qemu
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import Member
@@ -30,7 +32,7 @@ def sha256(path) -> str:
 
 
 def whole(path) -> Member:
-    return Member(os.path.basename(str(path)), str(path), 0, os.path.getsize(path))
+    return opened_member(os.path.basename(str(path)), str(path), 0, os.path.getsize(path))
 
 
 def patterned_raw(path, size: int = 8 * MIB) -> None:
@@ -51,7 +53,7 @@ def in_tar(tmp_path, image) -> Member:
         archive.add(image, "disk")
     with tarfile.open(tar) as archive:
         info = archive.getmember("disk")
-    return Member("disk", str(tar), info.offset_data, info.size)
+    return opened_member("disk", str(tar), info.offset_data, info.size)
 
 
 @pytest.fixture(name="raw")
@@ -61,17 +63,24 @@ def fixture_raw(tmp_path):
     return path
 
 
-def test_image_opts_forms(tmp_path):
+def test_image_source_forms(tmp_path):
     path = tmp_path / "a,b.img"
     path.write_bytes(bytes(1000))
-    assert qemu.image_opts(whole(path), "raw") == \
-        "driver=raw,file.driver=file,file.filename=%s" % str(path).replace(",", ",,")
-    ranged = qemu.image_opts(Member("m", str(path), 0, 300), "raw")
-    assert "file.driver=raw,file.offset=0,file.size=512," in ranged
+    member = whole(path)
+    source = qemu.image_source(member, "raw")
+    assert source.startswith("json:")
+    # The package's descriptor, never the path; no backing file, ever.
+    assert json.loads(source[5:]) == {
+        "driver": "raw", "backing": None,
+        "file": {"driver": "file", "filename": "/proc/self/fd/%d" % member.fd}}
+    ranged = opened_member("m", str(path), 0, 300)
+    assert json.loads(qemu.image_source(ranged, "raw")[5:])["file"] == {
+        "driver": "raw", "offset": 0, "size": 512,
+        "file": {"driver": "file", "filename": "/proc/self/fd/%d" % ranged.fd}}
     with pytest.raises(DiskError, match="cannot be read in place"):
-        qemu.image_opts(Member("m", str(path), 512, 300), "raw")
+        qemu.image_source(opened_member("m", str(path), 512, 300), "raw")
     with pytest.raises(DiskError, match="not one qemu-img may read"):
-        qemu.image_opts(whole(path), "vvfat")
+        qemu.image_source(member, "vvfat")
 
 
 def test_info_reads_a_tar_member_in_place(tmp_path, raw):
@@ -194,3 +203,22 @@ def test_check_and_compare_report_problems(tmp_path, raw):
     assert not qemu.compare(str(raw), "raw", str(other), "raw")
     with pytest.raises(DiskError):
         qemu.compare(str(raw), "raw", str(tmp_path / "missing"), "raw")
+
+
+def test_an_image_never_opens_a_backing_file(tmp_path):
+    """A qcow2 that names a backing file (a host file it wants copied into the
+    disk) reads as its own clusters only: qemu-img is told "backing": null,
+    so even an image rewritten after inspection cannot reach another file."""
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(b"host secret!" * 87382)  # 1 MiB and a bit
+    overlay = tmp_path / "overlay.qcow2"
+    qemu_img("create", "-f", "qcow2", "-F", "raw", "-b", str(secret), str(overlay), "1M")
+    member = whole(overlay)
+    with pytest.raises(DiskError, match="backing file set"):
+        qemu.info(member, "qcow2")
+    dest = tmp_path / "out.raw"
+    qemu.convert_to_raw(member, "qcow2", str(dest), virtual_size=MIB)
+    assert dest.read_bytes() == bytes(MIB)
+    # The package's descriptor is what qemu-img reads: the path may be gone.
+    os.unlink(str(overlay))
+    assert qemu.check_member(member, "qcow2")["check-errors"] == 0

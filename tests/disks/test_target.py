@@ -13,10 +13,10 @@ import subprocess
 import pytest
 from packaging import MIB, convert, make_raw, sha256_file
 
+from members import opened_member
 from ganeti_ovf.disks import convert as disk_convert
 from ganeti_ovf.disks.target import Target
 from ganeti_ovf.errors import DiskError
-from ganeti_ovf.model import Member
 
 SIZE = 100 * MIB  # 4 grain tables of 32 MiB: the third holds no data
 TARGET = 112 * MIB  # Ganeti rounds disks up: the tail must read as zeros too
@@ -42,7 +42,7 @@ def expected_digest(raw, size):
 def prepared(tmp_path, fmt, options=None):
     raw = make_raw(str(tmp_path / "src.raw"), SIZE)
     image = convert(raw, str(tmp_path / ("src." + fmt)), fmt, options)
-    member = Member(name="src." + fmt, path=image, offset=0, size=os.path.getsize(image))
+    member = opened_member("src." + fmt, image, 0, os.path.getsize(image))
     return raw, disk_convert.prepare([member], "identity", SIZE, str(tmp_path))
 
 

@@ -13,9 +13,9 @@ import subprocess
 import pytest
 from test_vmdkread import by_vmdkstream, make_raw, read_to_raw, whole
 
+from members import opened_member
 from ganeti_ovf.disks import vmdkread, vmdkstream
 from ganeti_ovf.errors import DiskError
-from ganeti_ovf.model import Member
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -282,7 +282,7 @@ def test_grain_data_never_read_past_the_member(streamed, tmp_path):
         handle.write(struct.pack("<I", reach))
         handle.seek(0, os.SEEK_END)
         handle.write(bytes(4096))
-    member = Member(name="disk.vmdk", path=str(image), offset=0, size=size)
+    member = opened_member("disk.vmdk", str(image), 0, size)
     with pytest.raises(DiskError, match=r"VMDK grain data \(%d bytes at %d\) lies outside"
                                         r" the file" % (reach, last * SECTOR + 12)):
         vmdkread.convert_stream_optimized(member, str(tmp_path / "out.raw"), 2 * MIB)

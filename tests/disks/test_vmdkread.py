@@ -20,6 +20,7 @@ import pytest
 from conftest import CORPUS
 from test_convert import content_digest  # hole-aware: the 8 GiB corpus disk
 
+from members import opened_member
 from ganeti_ovf.disks import convert, qemu, vmdkread, vmdkstream
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import COMPRESSION_NONE, Member
@@ -85,7 +86,7 @@ def by_vmdkstream(raw: str, image) -> str:
 
 
 def whole(path) -> Member:
-    return Member(name=os.path.basename(str(path)), path=str(path), offset=0,
+    return opened_member(os.path.basename(str(path)), path=str(path), offset=0,
                   size=os.path.getsize(path))
 
 
@@ -168,7 +169,7 @@ def test_member_inside_a_tar(tmp_path):
         tar.add(str(tmp_path / "src.raw"), "after.raw")
     with tarfile.open(ova) as tar:
         info = tar.getmember("disk.vmdk")
-    member = Member("disk.vmdk", str(ova), info.offset_data, info.size)
+    member = opened_member("disk.vmdk", str(ova), info.offset_data, info.size)
     assert digest(read_to_raw(member, tmp_path / "out.raw")) == digest(raw)
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from members import opened_member
 from ganeti_ovf.errors import ManifestError, PackageError
-from ganeti_ovf.model import Member
 from ganeti_ovf.package import manifest, reader
 from ganeti_ovf.package.reader import Package
 
@@ -48,12 +48,12 @@ def test_caps_are_the_documented_ones():
     ("vm.cert", 1 << 20, Package.certificate_bytes),
 ])
 def test_size_caps(tmp_path: Path, name: str, cap: int, read) -> None:
-    package = folder(tmp_path, vm_mf=b"", vm_cert=b"")
+    folder(tmp_path, vm_mf=b"", vm_cert=b"")
     sized(tmp_path / name, cap)
-    assert len(read(package)) == cap
+    assert len(read(Package.open(str(tmp_path / "vm.ovf")))) == cap
     sized(tmp_path / name, cap + 1)
     with pytest.raises(PackageError) as info:
-        read(package)
+        read(Package.open(str(tmp_path / "vm.ovf")))
     assert str(info.value) == "%s: %d bytes, more than the %d allowed" % (
         tmp_path / name, cap + 1, cap)
 
@@ -86,8 +86,7 @@ def test_unopenable_member_reported_with_the_reason(tmp_path: Path) -> None:
 def test_member_read_from_its_offset(tmp_path: Path) -> None:
     path = tmp_path / "blob"
     path.write_bytes(b"0123456789")
-    with reader.open_member(Member("m", str(path), 3, 4)) as stream:
-        assert stream.read(4) == b"3456"
+    assert reader.read_member(opened_member("m", str(path), 3, 4)) == b"3456"
 
 
 def test_digest_covers_every_byte_of_a_large_member(tmp_path: Path) -> None:
@@ -95,9 +94,9 @@ def test_digest_covers_every_byte_of_a_large_member(tmp_path: Path) -> None:
     data = bytes(range(256)) * (manifest.READ_SIZE // 256) + b"\x01"
     path = tmp_path / "big"
     path.write_bytes(b"prefix" + data + b"suffix")
-    member = Member("big", str(path), 6, len(data))
+    member = opened_member("big", str(path), 6, len(data))
     assert manifest.hash_member(member, "SHA256") == hashlib.sha256(data).hexdigest()
-    assert manifest.hash_member(Member("big", str(path), 6, 1), "sha1") == \
+    assert manifest.hash_member(opened_member("big", str(path), 6, 1), "sha1") == \
         hashlib.sha1(data[:1]).hexdigest()
 
 

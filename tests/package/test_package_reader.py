@@ -18,7 +18,7 @@ from ganeti_ovf.package import reader as package_module
 from ganeti_ovf.package import tarreader
 from ganeti_ovf.errors import OvfError, PackageError
 from ganeti_ovf.model import Member
-from ganeti_ovf.package.reader import Package
+from ganeti_ovf.package.reader import Package, read_member
 
 DESCRIPTOR = b"<?xml version='1.0'?><Envelope/>\n"
 DISK = bytes(range(256)) * 7 + b"tail"  # not a multiple of 512 bytes
@@ -29,9 +29,7 @@ def sha(data: bytes) -> str:
 
 
 def member_bytes(member: Member) -> bytes:
-    with open(member.path, "rb") as stream:
-        stream.seek(member.offset)
-        return stream.read(member.size)
+    return read_member(member)
 
 
 def make_tar(path: str, files: List[Tuple[str, bytes]], fmt: int = tarfile.USTAR_FORMAT,
@@ -241,7 +239,8 @@ def test_ova_named_through_symlink(tmp_path: Path) -> None:
     os.symlink("real.ova", str(tmp_path / "alias.ova"))
     package = Package.open(str(tmp_path / "alias.ova"))
     member = package.member("disk.vmdk")
-    assert member.path == real and member_bytes(member) == DISK
+    assert os.path.samestat(os.fstat(member.fd), os.stat(real))
+    assert member_bytes(member) == DISK
     assert package.descriptor_bytes() == DESCRIPTOR
 
 
@@ -288,7 +287,8 @@ def test_ova_pax_utf8_name_and_size_record(tmp_path: Path) -> None:
     pax = pax_record("size", str(len(DISK)))
     blocks = (entry(b"vm.ovf", DESCRIPTOR) + entry(b"PaxHeader", pax, b"x")
               + header(b"disk.vmdk", 0) + DISK + bytes(-len(DISK) % 512) + END)
-    member = Package.open(ova(tmp_path, blocks, "q.ova")).member("disk.vmdk")
+    package = Package.open(ova(tmp_path, blocks, "q.ova"))
+    member = package.member("disk.vmdk")
     assert member.size == len(DISK) and member_bytes(member) == DISK
 
 
@@ -473,7 +473,8 @@ def test_ova_base256_size(tmp_path: Path) -> None:
     field = b"\x80" + len(DISK).to_bytes(11, "big")
     blocks = (entry(b"vm.ovf", DESCRIPTOR) + header(b"disk.vmdk", size_field=field)
               + DISK + bytes(-len(DISK) % 512) + END)
-    member = Package.open(ova(tmp_path, blocks)).member("disk.vmdk")
+    package = Package.open(ova(tmp_path, blocks))
+    member = package.member("disk.vmdk")
     assert member.size == len(DISK) and member_bytes(member) == DISK
     # tarfile writes base-256 for members of 8 GiB and more: the size is read
     # right and, with no data behind it, refused.
@@ -560,7 +561,10 @@ def test_gzip_ova_staged_and_removed(tmp_path: Path) -> None:
     assert "needs a staging directory" in open_error(path)
     with Package.open(path, str(staging)) as package:
         member = package.member("disk.vmdk")
-        assert os.path.dirname(member.path) == str(staging)
+        # The copy is on the staging file system, reachable by no name.
+        assert os.fstat(member.fd).st_dev == os.stat(str(staging)).st_dev
+        assert os.fstat(member.fd).st_nlink == 0
+        assert os.listdir(str(staging)) == []
         assert sha(member_bytes(member)) == sha(DISK)
         assert package.descriptor_bytes() == DESCRIPTOR
     assert os.listdir(str(staging)) == []

@@ -11,7 +11,7 @@ import pytest
 from ganeti_ovf.disks import formats
 from ganeti_ovf.errors import PackageError
 from ganeti_ovf.package.manifest import hash_member
-from ganeti_ovf.package.reader import Package, open_member
+from ganeti_ovf.package.reader import Package, read_member
 
 DESCRIPTOR = b"<?xml version='1.0'?><Envelope/>\n"
 DISK = b"in the package" * 100
@@ -35,8 +35,7 @@ def layout(tmp_path):
 
 
 def read_all(member):
-    with open_member(member) as stream:
-        return stream.read(member.size)
+    return read_member(member)
 
 
 def test_members_in_sub_folders(layout):
@@ -59,12 +58,8 @@ def test_swapping_the_sub_folder_for_a_link_after_the_check(layout):
         os.symlink(str(layout / "secret"), str(pkg / "disks"))
         assert read_all(member) == DISK
         assert hash_member(member, "SHA256") == hashlib.sha256(DISK).hexdigest()
-        fd = formats.open_image(member)
-        try:
-            assert os.pread(fd, len(DISK), 0) == DISK
-        finally:
-            os.close(fd)
-        with open(member.path, "rb") as stream:  # what qemu-img would open
+        assert os.pread(formats.open_image(member), len(DISK), 0) == DISK
+        with open("/proc/self/fd/%d" % member.fd, "rb") as stream:  # what qemu-img opens
             assert stream.read() == DISK
         # Looking the member up again still refuses nothing new: the folder
         # was pinned when first checked.
@@ -104,11 +99,11 @@ def test_closing_releases_pinned_folders(layout):
     before = len(os.listdir("/proc/self/fd"))
     package.member("disks/disk1.vmdk")
     package.member("disks/deeper/sun..vhw-disk2.img")
-    assert len(os.listdir("/proc/self/fd")) == before + 2
-    package.member("disks/disk1.vmdk")  # the same folder is pinned once
-    assert len(os.listdir("/proc/self/fd")) == before + 2
-    package.close()
-    assert len(os.listdir("/proc/self/fd")) == before
+    assert len(os.listdir("/proc/self/fd")) == before + 4  # two folders, two files
+    package.member("disks/disk1.vmdk")  # each folder and file is opened once
+    assert len(os.listdir("/proc/self/fd")) == before + 4
+    package.close()  # and the descriptor and the folder, open since Package.open
+    assert len(os.listdir("/proc/self/fd")) == before - 2
 
 
 def test_chunks_in_a_pinned_sub_folder(layout):
