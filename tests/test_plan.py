@@ -258,3 +258,11 @@ def test_package_nic_values_pass_ganetis_checks(nic, rule):
     system = VirtualSystem(system_id="vm", name="appliance", nics=(nic,))
     with pytest.raises(OptionError, match=rule):
         make_plan(system, ImportOverrides())
+
+
+def test_many_dropped_parameters_one_bounded_warning():
+    params = tuple(("p%02d" % index, "1") for index in range(25))
+    warnings = [w for w in make_plan(_with_params("kvm", params), ImportOverrides()).warnings
+                if "not applied" in w]
+    assert len(warnings) == 1
+    assert warnings[0].endswith("hypervisor:p19 and 5 more")
