@@ -54,9 +54,9 @@ REQUIRE_MANIFEST_OPT = cli_option("--require-manifest", dest="require_manifest",
                                   help="Refuse a package without a manifest")
 KEEP_HOST_PARAMS_OPT = cli_option("--keep-host-params", dest="keep_host_params",
                                   default=False, action="store_true",
-                                  help="Apply the package's hypervisor and OS"
-                                  " parameters that name host paths or pass host"
-                                  " arguments (dropped by default)")
+                                  help="Apply all of the package's hypervisor and"
+                                  " OS parameters, also those that configure the"
+                                  " host (default: only guest-visible ones)")
 TRUST_STORE_OPT = cli_option("--trust-store", dest="trust_store", default=None,
                              metavar="<path>",
                              help="CA certificates (PEM file or directory) that"

@@ -43,10 +43,11 @@ def _system(system: VirtualSystem, package: Package) -> dict:
     ganeti = system.ganeti
     dropped = []
     if ganeti is not None:
-        dropped = ["hypervisor:%s" % key for key, _ in ganeti.hypervisor_params
-                   if plan_rules.is_host_param(key)]
-        dropped += ["os:%s" % key for key, _ in ganeti.os_params
-                    if plan_rules.is_host_param(key)]
+        # Screened as import screens them: for the package's hypervisor, else
+        # the cluster's default.
+        hypervisor = ganeti.hypervisor or hardware_map.cluster_default_hypervisor()
+        _, _, triples = plan_rules.package_params(ganeti, hypervisor)
+        dropped = ["%s:%s" % (what, name) for what, name, _ in triples]
     return {
         "id": system.system_id,
         "name": system.name,

@@ -8,8 +8,9 @@ Ganeti passes one of Ganeti's checks here: instance name (netutils.Hostname),
 MACs (utils.NormalizeAndValidateMac), tags (objects.TaggableObject), disk
 templates, hypervisors and NIC modes (constants), backend parameter types
 (utils.ForceDictType).  Hypervisor and OS parameters written by a foreign
-package are not trusted: those that name host paths or pass raw arguments to
-the host are dropped unless the operator keeps them.
+package are not trusted: only those the allow-lists of cluster/guest_params.py
+accept are applied, unless the operator keeps them all (--keep-host-params);
+the operator's own (-H, -O) are applied as given.
 """
 
 import dataclasses
@@ -19,24 +20,12 @@ from typing import Any, Optional
 
 from ganeti import constants, errors, netutils, objects, utils
 
-from ganeti_ovf.cluster import hardware_map
-from ganeti_ovf.errors import OptionError
+from ganeti_ovf.cluster import guest_params, hardware_map
+from ganeti_ovf.errors import OptionError, printable
 from ganeti_ovf.model import Disk, GanetiSettings, Nic, Params, VirtualSystem
 
 MIB = 1024 * 1024
 
-# Hypervisor parameters that point the host at its own files or devices, or
-# hand raw arguments to host programs.  A package must not choose them.
-HOST_HV_PARAMS = frozenset([
-    "kvm_extra", "kvm_path", "device_model", "bootloader_args", "usb_devices",
-    "pci_pass", "xen_cmd", "lxc_extra_config", "lxc_extra_cgroups",
-    "security_domain", "cpu_mask", "vnc_bind_address", "spice_bind",
-    "migration_port",
-])
-# ...and any parameter whose name says it is a host file or program.
-HOST_PARAM_SUFFIXES = ("_path", "_file", "_script", "_dir")
-# root_path names a device inside the guest, not on the host.
-GUEST_PARAMS = frozenset(["root_path"])
 # The OS of appliances that bring their own: its import script copies disks.
 DEFAULT_OS = "noop"
 _OS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -174,25 +163,40 @@ def backend_params(values: dict) -> dict:
     return {key: str(value) for key, value in checked.items()}
 
 
-def _filter_host_params(params: Params, what: str, keep: bool,
-                        dropped: list) -> Params:
+def package_params(settings: GanetiSettings, hypervisor: Optional[str],
+                   keep: bool = False) -> tuple:
+    """The package's hypervisor and OS parameters that are applied, and the
+    dropped ones as ("hypervisor"|"os", name, rule) triples.
+
+    `hypervisor` is the one whose allow-list applies: the instance's.  With
+    `keep` (--keep-host-params), the operator trusts the package: all apply.
+    """
     if keep:
-        return params
-    kept = []
-    for key, value in params:
-        if is_host_param(key):
-            dropped.append((what, key))
-        else:
-            kept.append((key, value))
-    return tuple(kept)
+        return settings.hypervisor_params, settings.os_params, []
+    hv_params, hv_dropped = guest_params.screen_hypervisor(hypervisor,
+                                                           settings.hypervisor_params)
+    os_params, os_dropped = guest_params.screen_os(settings.os_params)
+    dropped = [("hypervisor", name, rule) for name, rule in hv_dropped]
+    dropped += [("os", name, rule) for name, rule in os_dropped]
+    return hv_params, os_params, dropped
 
 
-def is_host_param(name: str) -> bool:
-    """Whether a hypervisor/OS parameter names host files or host arguments."""
-    name = name.replace("-", "_").lower()
-    if name in GUEST_PARAMS:
-        return False
-    return name in HOST_HV_PARAMS or name.endswith(HOST_PARAM_SUFFIXES)
+MAX_NAMED = 20  # dropped parameters named per warning
+
+
+def dropped_warnings(dropped: list) -> list:
+    """One warning per rule, naming the parameters it drops (escaped: the
+    names come from the package)."""
+    by_rule: dict = {}
+    for what, name, rule in dropped:
+        by_rule.setdefault(rule, []).append("%s:%s" % (what, printable(name)))
+    warnings = []
+    for rule, names in by_rule.items():
+        more = " and %d more" % (len(names) - MAX_NAMED) if len(names) > MAX_NAMED else ""
+        warnings.append("parameters from the package not applied (%s;"
+                        " --keep-host-params applies them): %s%s"
+                        % (rule, ", ".join(names[:MAX_NAMED]), more))
+    return warnings
 
 
 def _merge(base: Params, overrides: dict, what: str) -> Params:
@@ -235,7 +239,6 @@ def nic_settings(index: int, options: dict, base: Nic, label: Optional[str] = No
 def make_plan(system: VirtualSystem, overrides: ImportOverrides) -> Plan:
     """Merge `system` with `overrides` into the instance to write."""
     warnings: list = []
-    dropped: list = []
     package = system.ganeti or GanetiSettings()
 
     # Not the id the reader made up for a system with neither a name nor an
@@ -252,17 +255,16 @@ def make_plan(system: VirtualSystem, overrides: ImportOverrides) -> Plan:
                                        else ""))
 
     hv_name = hypervisor_name(overrides.hypervisor or package.hypervisor)
-    hv_params = _filter_host_params(package.hypervisor_params, "hypervisor",
-                                    overrides.keep_host_params, dropped)
     if overrides.hypervisor and package.hypervisor and \
             overrides.hypervisor != package.hypervisor:
-        hv_params = ()  # the package's parameters belong to another hypervisor
+        # the package's parameters belong to another hypervisor
+        package = dataclasses.replace(package, hypervisor_params=())
+    hv_params, os_params, dropped = package_params(
+        package, hv_name or overrides.default_hypervisor, overrides.keep_host_params)
     hv_params = _merge(hv_params, overrides.hypervisor_params, "hypervisor")
     hv_name, hv_params, hardware = _map_hardware(system, hv_name, hv_params,
                                                  overrides.default_hypervisor, warnings)
 
-    os_params = _filter_host_params(package.os_params, "os",
-                                    overrides.keep_host_params, dropped)
     os_params = _merge(os_params, overrides.os_params, "OS")
     chosen_os = os_name(overrides.os_name or package.os_name)
 
@@ -286,10 +288,7 @@ def make_plan(system: VirtualSystem, overrides: ImportOverrides) -> Plan:
     disks = _plan_disks(system, overrides, template)
     nics = _plan_nics(system, overrides, warnings)
 
-    if dropped:
-        warnings.append("parameters from the package not applied (they name host"
-                        " paths or pass host arguments; --keep-host-params applies"
-                        " them): %s" % ", ".join("%s:%s" % pair for pair in dropped))
+    warnings.extend(dropped_warnings(dropped))
     if chosen_os is None:
         # Ganeti 3.0 imports no disk data at all for an instance without an
         # OS (it only runs OS import scripts), so an OS is always named.
@@ -305,7 +304,8 @@ def make_plan(system: VirtualSystem, overrides: ImportOverrides) -> Plan:
         tags=chosen_tags)
     planned = dataclasses.replace(system, name=name, vcpus=vcpus, memory_mib=memory,
                                   disks=disks, nics=nics, ganeti=settings)
-    return Plan(system=planned, warnings=tuple(warnings), dropped_params=tuple(dropped),
+    return Plan(system=planned, warnings=tuple(warnings),
+                dropped_params=tuple((what, name) for what, name, _ in dropped),
                 hardware=hardware)
 
 

@@ -6,7 +6,9 @@ import os
 
 from packaging import MIB, build_package, run_gnt_ovf
 
+from ganeti_ovf import describe
 from ganeti_ovf.describe import human_size
+from ganeti_ovf.model import GanetiSettings, VirtualSystem
 
 
 def test_human_sizes():
@@ -29,3 +31,13 @@ def test_info_text_for_people(tmp_path):
         in text
     doc = json.loads(run_gnt_ovf("info", "--output=json", package, check=True).stdout)
     assert [disk["present"] for disk in doc["systems"][0]["disks"]] == [True, False]
+
+
+def test_info_names_the_parameters_import_drops():
+    # Screened as import screens them: lxc's allow-list has num_ttys only.
+    system = VirtualSystem(system_id="vm", name="vm", ganeti=GanetiSettings(
+        hypervisor="lxc", hypervisor_params=(("extra_config", "lxc.hook.mount = /x"),
+                                             ("num_ttys", "2")),
+        os_params=(("image", "/etc/shadow"), ("dhcp", "yes"))))
+    assert describe._system(system, None)["dropped_parameters"] == [
+        "hypervisor:extra_config", "os:image"]

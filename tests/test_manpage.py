@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ganeti_ovf import cli
+from ganeti_ovf.cluster import guest_params
 from ganeti_ovf.package.signature import sign_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -259,6 +260,16 @@ def test_security_section_names_the_relaxing_options(text):
         assert mentions(security, option), option
     for subject in ("never extracted", "DTD", "SHA256", "backing", "-f"):
         assert subject in security, subject
+
+
+def test_security_lists_each_hypervisors_allow_list(text):
+    # "for kvm acpi, ... and root_path;": the table, hypervisor by hypervisor.
+    security = " ".join(sections(text)["SECURITY"].split())
+    for hypervisor, table in guest_params.GUEST_VISIBLE.items():
+        match = re.search(r"for %s ([^;.]*)" % re.escape(hypervisor), security)
+        assert match, hypervisor
+        listed = set(re.findall(r"[a-z_]+", match.group(1))) - {"and", "none"}
+        assert listed == set(table), hypervisor
 
 
 if __name__ == "__main__":

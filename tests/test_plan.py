@@ -1,8 +1,13 @@
 """The instance plan: overrides merged, Ganeti's validators applied."""
 
-import pytest
+import dataclasses
+from typing import Optional
 
-from ganeti_ovf import plan
+import pytest
+from ganeti import objects
+
+from ganeti_ovf.cluster import guest_params
+from ganeti_ovf.cluster.ganeti_export import ExportedDisk, build_config
 from ganeti_ovf.errors import OptionError
 from ganeti_ovf.model import Disk, FileRef, GanetiSettings, Nic, VirtualSystem
 from ganeti_ovf.plan import ImportOverrides, make_plan
@@ -48,6 +53,115 @@ def test_host_parameters_dropped_unless_kept():
     assert any("kernel_path" in w for w in result.warnings)
     kept = make_plan(SYSTEM, ImportOverrides(keep_host_params=True))
     assert dict(kept.system.ganeti.hypervisor_params)["kernel_path"] == "/boot/x"
+    assert dict(kept.system.ganeti.os_params)["script_file"] == "/etc/x"
+
+
+def _config(system: VirtualSystem, overrides: Optional[ImportOverrides] = None):
+    """make_plan's result as gnt-backup import reads it: config.ini, parsed."""
+    result = make_plan(system, overrides or ImportOverrides())
+    text = build_config(result.system, [ExportedDisk("disk0.raw", 10, None)], "node1", 1)
+    return objects.SerializableConfigParser.Loads(text), result.warnings
+
+
+def _with_params(hypervisor: str, hv_params=(), os_params=()) -> VirtualSystem:
+    return dataclasses.replace(SYSTEM, ganeti=GanetiSettings(
+        hypervisor=hypervisor, os_name="noop", hypervisor_params=hv_params,
+        os_params=os_params))
+
+
+def _rule_warning(warnings, rule: str, name: str) -> bool:
+    return any(w.startswith("parameters from the package not applied (%s;" % rule)
+               and name in w for w in warnings)
+
+
+# The names of issue 13: each reached config.ini from a package.
+@pytest.mark.parametrize("hypervisor, name, value", [
+    ("lxc", "extra_config", "lxc.hook.pre-start = /bin/sh -c 'touch /root/owned'"),
+    ("lxc", "extra_cgroups", "devices,memory"),
+    ("lxc", "devices", "b 8:0 rwm"),
+    ("lxc", "drop_capabilities", ""),  # empty: the container keeps every capability
+    ("kvm", "machine_version", "pc,kernel=/etc/shadow"),
+    ("kvm", "keymap", "../../../../etc/shadow"),
+])
+def test_host_parameters_of_issue_13_never_reach_config(hypervisor, name, value):
+    cfg, warnings = _config(_with_params(hypervisor, ((name, value),)))
+    assert cfg.get("instance", "hypervisor") == hypervisor
+    assert not cfg.has_option("hypervisor", name)
+    assert _rule_warning(warnings, "not on %s's allow-list of guest-visible parameters"
+                         % hypervisor, "hypervisor:%s" % name)
+    kept, _ = _config(_with_params(hypervisor, ((name, value),)),
+                      ImportOverrides(keep_host_params=True))
+    assert kept.get("hypervisor", name) == value
+
+
+def test_guest_parameters_pass_through():
+    cfg, warnings = _config(_with_params("kvm", (
+        ("boot_order", "cdrom"), ("nic_type", "e1000"), ("cpu_sockets", "2"),
+        ("usb_mouse", "tablet"), ("kernel_args", "ro console=ttyS0,115200"))))
+    assert dict(cfg.items("hypervisor")) == {
+        "boot_order": "cdrom", "nic_type": "e1000", "cpu_sockets": "2",
+        "usb_mouse": "tablet", "kernel_args": "ro console=ttyS0,115200"}
+    assert not any("not applied" in w for w in warnings)
+    lxc, _ = _config(_with_params("lxc", (("num_ttys", "4"),)))
+    assert lxc.get("hypervisor", "num_ttys") == "4"
+
+
+def test_parameter_unknown_to_the_hypervisor_dropped():
+    # disk_type is kvm's, not lxc's; colour is nobody's.
+    cfg, warnings = _config(_with_params("lxc", (("disk_type", "ide"), ("colour", "red"))))
+    assert cfg.items("hypervisor") == []
+    assert _rule_warning(warnings, "not parameters of lxc", "hypervisor:disk_type")
+    assert _rule_warning(warnings, "not parameters of lxc", "hypervisor:colour")
+
+
+def test_guest_parameter_with_a_bad_value_dropped():
+    # Xen writes root_path into the domain's config between quotes: a quote
+    # would end the string and ';' start a new setting.
+    cfg, warnings = _config(_with_params("xen-pvm", (
+        ("root_path", "/dev/xvda1' ; bootloader = '/bin/sh"), ("blockdev_prefix", "xvd"),
+        ("kernel_args", "ro"))))
+    assert dict(cfg.items("hypervisor")) == {"blockdev_prefix": "xvd", "kernel_args": "ro"}
+    assert _rule_warning(warnings, "values xen-pvm's allow-list does not accept for them",
+                         "hypervisor:root_path")
+    cfg, _ = _config(_with_params("kvm", (("acpi", "maybe"), ("disk_type", "nvme"))))
+    assert cfg.items("hypervisor") == []
+
+
+def test_package_parameters_screened_for_the_instance_hypervisor():
+    # The package names no hypervisor: the cluster's default decides; none
+    # known, nothing can be checked.
+    system = dataclasses.replace(SYSTEM, ganeti=GanetiSettings(
+        os_name="noop", hypervisor_params=(("extra_config", "x"), ("acpi", "True"))))
+    cfg, _ = _config(system, ImportOverrides(default_hypervisor="lxc"))
+    assert not cfg.has_option("hypervisor", "extra_config")
+    assert not cfg.has_option("hypervisor", "acpi")  # not an lxc parameter
+    cfg, warnings = _config(system)
+    assert not cfg.has_option("hypervisor", "extra_config")
+    assert _rule_warning(warnings, guest_params.NO_HYPERVISOR_RULE, "hypervisor:acpi")
+
+
+def test_operator_parameters_not_filtered():
+    cfg, _ = _config(_with_params("kvm"), ImportOverrides(
+        hypervisor_params={"machine_version": "pc-i440fx-7.2", "keymap": "de"},
+        os_params={"image": "/srv/images/base.img"}))
+    assert cfg.get("hypervisor", "machine_version") == "pc-i440fx-7.2"
+    assert cfg.get("hypervisor", "keymap") == "de"
+    assert cfg.get("os", "image") == "/srv/images/base.img"
+
+
+def test_os_parameters_only_plain_words():
+    cfg, warnings = _config(_with_params("kvm", os_params=(
+        ("dhcp", "yes"), ("image", "/etc/shadow"), ("opts", "-rf"), ("cmd", "a b"),
+        ("mirror", "http://deb.example/debian"))))
+    assert dict(cfg.items("os")) == {"dhcp": "yes"}
+    assert _rule_warning(warnings, guest_params.OS_VALUE_RULE, "os:image")
+    assert [w for w in warnings if "os:opts" in w and "os:cmd" in w and "os:mirror" in w]
+
+
+def test_dropped_names_are_escaped():
+    warnings = make_plan(_with_params("kvm", (("evil\x1b[2J", "1"),)),
+                         ImportOverrides()).warnings
+    assert any("hypervisor:evil\\x1b[2J" in w for w in warnings)
 
 
 def test_blank_disks_replace_package_disks():
@@ -99,13 +213,6 @@ def test_memory_and_vcpus_from_hardware():
     assert dict(result.ganeti.backend_params)["minmem"] == "2048"
 
 
-def test_is_host_param():
-    assert plan.is_host_param("initrd_path")
-    assert plan.is_host_param("kvm-extra")
-    assert not plan.is_host_param("root-path")
-    assert not plan.is_host_param("acpi")
-
-
 def test_diskless_with_disks_refused_unless_forced():
     with pytest.raises(OptionError, match="-t diskless would drop the package's 1 disk:"
                        " use -f to import without them"):
@@ -151,3 +258,11 @@ def test_package_nic_values_pass_ganetis_checks(nic, rule):
     system = VirtualSystem(system_id="vm", name="appliance", nics=(nic,))
     with pytest.raises(OptionError, match=rule):
         make_plan(system, ImportOverrides())
+
+
+def test_many_dropped_parameters_one_bounded_warning():
+    params = tuple(("p%02d" % index, "1") for index in range(25))
+    warnings = [w for w in make_plan(_with_params("kvm", params), ImportOverrides()).warnings
+                if "not applied" in w]
+    assert len(warnings) == 1
+    assert warnings[0].endswith("hypervisor:p19 and 5 more")
