@@ -21,7 +21,7 @@ import stat
 import tempfile
 import weakref
 import zlib
-from typing import BinaryIO, Dict, List, Optional
+from typing import BinaryIO, Dict, List, Optional, Tuple
 
 from ganeti_ovf.package import tarreader
 from ganeti_ovf.errors import PackageError
@@ -51,17 +51,21 @@ class Package:
 
     @classmethod
     def open(cls, path: str, staging_dir: Optional[str] = None,
-             max_members: int = tarreader.MAX_MEMBERS) -> "Package":
+             max_members: int = tarreader.MAX_MEMBERS,
+             max_staged: Optional[int] = None) -> "Package":
         """Open the .ovf descriptor (files beside it) or .ova archive at `path`.
 
-        Raises PackageError for anything that is neither, or is unsafe.
+        A gzip-compressed OVA is decompressed into `staging_dir`: at most
+        `max_staged` bytes (--max-disk-size; None: no cap of its own) and
+        never more than the free space there.  Raises PackageError for
+        anything that is neither, is unsafe, or exceeds those bounds.
         """
         head = _read_head(path)
         if head.startswith(GZIP_MAGIC):
             if staging_dir is None:
                 raise PackageError("%s: a gzip-compressed OVA needs a staging directory"
                                    % path)
-            staged = _gunzip(path, staging_dir)
+            staged = _gunzip(path, staging_dir, max_staged)
             try:
                 return _OvaPackage(path, staged, max_members)
             except BaseException:
@@ -413,8 +417,25 @@ def _read_head(path: str) -> bytes:
         os.close(fd)
 
 
-def _gunzip(path: str, staging_dir: str) -> str:
-    """Decompress gzip file `path` into a new private file in `staging_dir`."""
+def _gunzip_bound(path: str, staging_dir: str, cap: Optional[int]) -> Tuple[int, str]:
+    """The most a gzip OVA may decompress to in `staging_dir`, and the rule
+    that says so: the space an unprivileged user may still write there (the
+    root reserve stays free), and `cap` when smaller."""
+    try:
+        stats = os.statvfs(staging_dir)
+    except OSError as err:
+        raise PackageError("%s: cannot tell the free space of %s: %s"
+                           % (path, staging_dir, err.strerror))
+    room = stats.f_bavail * stats.f_frsize
+    if cap is not None and cap < room:
+        return cap, "--max-disk-size"
+    return room, "the free space of %s" % staging_dir
+
+
+def _gunzip(path: str, staging_dir: str, cap: Optional[int] = None) -> str:
+    """Decompress gzip file `path` into a new private file in `staging_dir`,
+    within _gunzip_bound()."""
+    bound = _gunzip_bound(path, staging_dir, cap)
     try:
         fd, staged = tempfile.mkstemp(prefix=".ova-", suffix=".tar", dir=staging_dir)
     except OSError as err:
@@ -422,7 +443,7 @@ def _gunzip(path: str, staging_dir: str) -> str:
                            % (path, staging_dir, err.strerror))
     try:
         with open(path, "rb") as source, os.fdopen(fd, "wb") as target:
-            _gunzip_stream(path, source, target)
+            _gunzip_stream(path, source, _BoundedTarget(path, target, *bound))
     except OSError as err:
         _remove(staged)
         raise PackageError("%s: cannot decompress into %s: %s"
@@ -433,7 +454,25 @@ def _gunzip(path: str, staging_dir: str) -> str:
     return staged
 
 
-def _gunzip_stream(path: str, source: BinaryIO, target: BinaryIO) -> None:
+class _BoundedTarget:
+    """A file that refuses, before writing, data past `limit` bytes."""
+
+    def __init__(self, path: str, target: BinaryIO, limit: int, rule: str) -> None:
+        self.path = path
+        self.target = target
+        self.limit = limit
+        self.rule = rule
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        if self.size + len(data) > self.limit:
+            raise PackageError("%s: decompresses to more than %d bytes (%s)"
+                               % (self.path, self.limit, self.rule))
+        self.target.write(data)
+        self.size += len(data)
+
+
+def _gunzip_stream(path: str, source: BinaryIO, target: "_BoundedTarget") -> None:
     decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
     pending = b""
     try:
