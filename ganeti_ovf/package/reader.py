@@ -435,7 +435,6 @@ def _gunzip_bound(path: str, staging_dir: str, cap: Optional[int]) -> Tuple[int,
 def _gunzip(path: str, staging_dir: str, cap: Optional[int] = None) -> str:
     """Decompress gzip file `path` into a new private file in `staging_dir`,
     within _gunzip_bound()."""
-    bound = _gunzip_bound(path, staging_dir, cap)
     try:
         fd, staged = tempfile.mkstemp(prefix=".ova-", suffix=".tar", dir=staging_dir)
     except OSError as err:
@@ -443,6 +442,7 @@ def _gunzip(path: str, staging_dir: str, cap: Optional[int] = None) -> str:
                            % (path, staging_dir, err.strerror))
     try:
         with open(path, "rb") as source, os.fdopen(fd, "wb") as target:
+            bound = _gunzip_bound(path, staging_dir, cap)
             _gunzip_stream(path, source, _BoundedTarget(path, target, *bound))
     except OSError as err:
         _remove(staged)
