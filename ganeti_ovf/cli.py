@@ -69,6 +69,11 @@ REQUIRE_SIGNATURE_OPT = cli_option("--require-signature", dest="require_signatur
 MAX_DISK_SIZE_OPT = cli_option("--max-disk-size", dest="max_disk_size", default=None,
                                metavar="<size>",
                                help="Refuse disks larger than this (default: 16T)")
+INFO_MAX_SIZE_OPT = cli_option("--max-disk-size", dest="max_disk_size", default=None,
+                               metavar="<size>",
+                               help="Refuse to decompress a gzip-compressed OVA to"
+                               " more than this (default: 16T; never more than the"
+                               " free space of $TMPDIR)")
 OUTPUT_FORMAT_OPT = cli_option("--output", dest="output_format", default="text",
                                choices=["text", "json"], metavar="text|json",
                                help="Output format of info (default: text)")
@@ -186,7 +191,7 @@ import_opts = [
     cli.NONAMECHECK_OPT, cli.NOIPCHECK_OPT, cli.NOCONFLICTSCHECK_OPT,
     cli.IGNORE_IPOLICY_OPT, cli.IDENTIFY_DEFAULTS_OPT,
 ] + cli.SUBMIT_OPTS
-info_opts = [OUTPUT_FORMAT_OPT, PROFILE_OPT, VERIFY_OPT, TRUST_STORE_OPT]
+info_opts = [OUTPUT_FORMAT_OPT, PROFILE_OPT, VERIFY_OPT, TRUST_STORE_OPT, INFO_MAX_SIZE_OPT]
 export_opts = [
     FORMAT_OPT, COMPRESS_OPT, COMPRESS_LEVEL_OPT, OVA_OPT, EXTERNAL_OPT, MANIFEST_OPT,
     OVF_VERSION_OPT, OUTPUT_DIR_OPT, EXPORT_NAME_OPT, REPLACE_OPT, HARDWARE_FAMILY_OPT,
@@ -543,8 +548,10 @@ def ShowPackageInfo(opts, args):
     @return: the desired exit code
 
     """
+    max_staged = _size_option(opts.max_disk_size, "--max-disk-size",
+                              importer.DEFAULT_MAX_DISK_SIZE)
     with publish.scratch_dir() as scratch:
-        package = Package.open(args[0], staging_dir=scratch)
+        package = Package.open(args[0], staging_dir=scratch, max_staged=max_staged)
         appliance = importer.read_package(package, opts.profile)
         document = describe.describe_package(package, appliance, verify=opts.verify,
                                              trust_store=opts.trust_store)

@@ -25,6 +25,7 @@ from ganeti_ovf.cluster import ganeti_export, instance, status
 from ganeti_ovf.disks.target import Target
 from ganeti_ovf import publish
 from ganeti_ovf.progress import Progress
+from ganeti_ovf.descriptor import versions
 from ganeti_ovf.descriptor.reader import parse_descriptor
 from ganeti_ovf.errors import DiskError, ManifestError, OptionError, PackageError
 from ganeti_ovf.cluster.ganeti_export import ExportedDisk, size_to_mib
@@ -73,6 +74,12 @@ def read_package(package: Package, profile: Optional[str]) -> Appliance:
     """The package's descriptor, parsed for `profile`."""
     return parse_descriptor(package.descriptor_bytes(), profile=profile,
                             source=package.descriptor_name)
+
+
+def declared_capacity(disk: Disk) -> Optional[int]:
+    """The capacity `disk`'s image must keep to, or None: the package states
+    none, and the image's own virtual size is used (within --max-disk-size)."""
+    return disk.capacity if disk.capacity_declared else None
 
 
 def disk_members(package: Package, disk: Disk) -> list:
@@ -431,8 +438,10 @@ def _convert_disk(index: int, disk: Disk, members: dict, staging: publish.Stagin
     else:
         feedback("Converting disk %d (%s) to raw" % (index, disk.file.href))
         result = convert.import_disk(members[disk.disk_id], disk.file.compression,
-                                     disk.capacity, dest, staging.scratch(),
-                                     progress=progress, max_size=max_size)
+                                     declared_capacity(disk), dest, staging.scratch(),
+                                     progress=progress, max_size=max_size,
+                                     declared_format=versions.format_for_uri(
+                                         disk.format_uri))
         size = max(disk.capacity, result.virtual_size)
     return ExportedDisk(dump=dump, size_mib=size_to_mib(size), name=disk.name)
 
@@ -478,7 +487,9 @@ def import_direct(request: ImportRequest, jobs: instance.InstanceJobs, start: bo
                     if not disk.blank:
                         prepared[disk.disk_id] = convert.prepare(
                             checked.members[disk.disk_id], disk.file.compression,
-                            disk.capacity, scratch, max_size=request.max_disk_size)
+                            declared_capacity(disk), scratch,
+                            max_size=request.max_disk_size,
+                            declared_format=versions.format_for_uri(disk.format_uri))
                 created = _create_and_write(system, prepared, digests, jobs, pnode, snode,
                                             scratch, progress_stream, feedback, status_dir,
                                             checked.package)

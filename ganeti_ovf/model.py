@@ -74,6 +74,9 @@ class Disk:
     controller: Optional[Controller] = None  # None: the package does not say
     unit: Optional[str] = None  # rasd:AddressOnParent: the slot on the controller
     boot: bool = False  # the package marks it as the boot disk (oVirt's ovf:boot)
+    # False: the package states no capacity (`capacity` is 0 and the image's
+    # virtual size is used); True: `capacity` is a contract the image must keep.
+    capacity_declared: bool = True
 
     @property
     def blank(self) -> bool:

@@ -275,12 +275,29 @@ class Staging:
                 self._fd = -1
 
 
+# Where scratch directories go without an output directory to hold them
+# (info, the direct import), unless $TMPDIR names an absolute path: the
+# administrator's choice of a filesystem with room.
+SCRATCH_PARENT = "/var/tmp"
+
+
+def scratch_parent() -> str:
+    """$TMPDIR when it is an absolute path, else SCRATCH_PARENT."""
+    given = os.environ.get("TMPDIR", "")
+    return given if os.path.isabs(given) else SCRATCH_PARENT
+
+
 @contextmanager
 def scratch_dir() -> Iterator[str]:
-    """A private temporary directory (mode 0700), removed afterwards."""
+    """A private temporary directory (mode 0700) under scratch_parent(),
+    removed afterwards."""
     old_umask = os.umask(0o077)
+    parent = scratch_parent()
     try:
-        path = tempfile.mkdtemp(prefix="gnt-ovf-", dir="/var/tmp")
+        path = tempfile.mkdtemp(prefix="gnt-ovf-", dir=parent)
+    except OSError as err:
+        raise PublishError("%s: cannot create a scratch directory: %s"
+                           % (parent, err.strerror)) from None
     finally:
         os.umask(old_umask)
     try:

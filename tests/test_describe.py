@@ -1,10 +1,12 @@
 """gnt-ovf info for people (describe.to_text): sizes as people read them,
 "unknown" for what the package does not say, a missing disk file flagged."""
 
+import gzip
 import json
 import os
+import re
 
-from packaging import MIB, build_package, run_gnt_ovf
+from packaging import MIB, build_package, run_gnt_ovf, run_gnt_ovf_on_small_fs
 
 from ganeti_ovf import describe
 from ganeti_ovf.describe import human_size
@@ -41,3 +43,53 @@ def test_info_names_the_parameters_import_drops():
         os_params=(("image", "/etc/shadow"), ("dhcp", "yes"))))
     assert describe._system(system, None)["dropped_parameters"] == [
         "hypervisor:extra_config", "os:image"]
+
+
+# --- a gzip-compressed OVA: decompressed into $TMPDIR, bounded ---------------
+
+
+def gzip_ova(tmp_path) -> str:
+    package, _raws = build_package(str(tmp_path / "pkg"), disks=(("raw", 4 * MIB),),
+                                   ova=True)
+    with open(package, "rb") as handle:
+        data = gzip.compress(handle.read(), 1)
+    packed = str(tmp_path / "packed.ova")
+    with open(packed, "wb") as handle:
+        handle.write(data)
+    return packed
+
+
+def failure_line(result) -> str:
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Failure: "), result.stderr
+    return lines[0]
+
+
+def test_info_gzip_ova_scratch_in_tmpdir_and_capped(tmp_path):
+    package = gzip_ova(tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = dict(os.environ, TMPDIR=str(scratch))
+    doc = json.loads(run_gnt_ovf("info", "--output=json", package, env=env,
+                                 check=True).stdout)
+    assert doc["kind"] == "ova"
+    assert os.listdir(scratch) == []
+    # --max-disk-size caps the decompressed copy; the refusal names it.
+    line = failure_line(run_gnt_ovf("info", "--max-disk-size", "4M", package, env=env))
+    assert "decompresses to more than 4194304 bytes (--max-disk-size)" in line
+    assert os.listdir(scratch) == []
+
+
+def test_info_gzip_ova_bounded_by_free_space(tmp_path):
+    # $TMPDIR on a 2 MiB filesystem: the 4 MiB tar does not fit, and the
+    # refusal comes before the filesystem is full.
+    package = gzip_ova(tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    result, left = run_gnt_ovf_on_small_fs(scratch, 2 * MIB, "info", package,
+                                           env=dict(os.environ, TMPDIR=str(scratch)))
+    line = failure_line(result)
+    assert re.search(r"decompresses to more than \d+ bytes \(the free space of %s/gnt-ovf-"
+                     % re.escape(str(scratch)), line), line
+    assert left == []

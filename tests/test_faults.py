@@ -197,8 +197,12 @@ def test_full_disk_clean_error_nothing_left(tmp_path, small_fs, layout):
     result = run_gnt_ovf("import", "--output-dir", small_fs, package)
     line = assert_one_failure(result)
     # Refused up front when the stored bytes already do not fit, else when
-    # the conversion meets the full file system.
-    assert "No space left on device" in line or "bytes free" in line, line
+    # the conversion meets the full file system; what a gzip file inflates
+    # to is bounded by the free space before it is written.
+    expected = {"gzip_disk": ("expands beyond the free space of",),
+                "gzip_ova": ("bytes (the free space of",)}.get(
+                    layout, ("No space left on device", "bytes free"))
+    assert any(text in line for text in expected), line
     assert os.listdir(small_fs) == []
 
 

@@ -3,14 +3,17 @@ refused with one clear line, touches nothing outside the output directory,
 leaves nothing in it, and never lets the planted host secret out.  Good
 controls and signed packages must import with identical guest bytes."""
 
+import gzip
 import hashlib
 import os
 import re
+from typing import Optional
 
 import pytest
-from hostile import (CASES, CONTROLS, NAME, Scene, basic_folder, descriptor_name, guest_data,
-                     make_ca, make_leaf, ova, plant_secret, sign_package)
-from packaging import read_config, run_gnt_ovf, sha256_file
+from hostile import (CASES, CONTROLS, MIB, NAME, Scene, basic_folder, descriptor_name,
+                     guest_data, gzip_no_capacity, make_ca, make_leaf, ova, plant_secret,
+                     sign_package)
+from packaging import read_config, run_gnt_ovf, run_gnt_ovf_on_small_fs, sha256_file
 
 COMMANDS_LOG = "/var/log/ganeti/commands.log"
 
@@ -73,11 +76,20 @@ def file_contains(path: str, needle: bytes) -> bool:
 class Run:
     """One gnt-ovf import of a scene's package, with what it must not disturb."""
 
-    def __init__(self, scene: Scene, package: str, *args: str) -> None:
+    def __init__(self, scene: Scene, package: str, *args: str,
+                 small_fs: Optional[int] = None) -> None:
+        """`small_fs`: the output directory is a tmpfs of that many bytes
+        (gone once the run ends; `left` says what the run left in it)."""
         self.scene = scene
         before = tree_state(scene.root, scene.out)
         offset = log_offset()
-        self.result = run_gnt_ovf("import", "--output-dir", scene.out, *args, package)
+        command = ("import", "--output-dir", scene.out) + args + (package,)
+        self.left: Optional[list] = None
+        if small_fs is None:
+            self.result = run_gnt_ovf(*command)
+        else:
+            os.makedirs(scene.out)
+            self.result, self.left = run_gnt_ovf_on_small_fs(scene.out, small_fs, *command)
         self.log = log_since(offset)
         self.touched = tree_state(scene.root, scene.out) != before
 
@@ -100,7 +112,9 @@ class Run:
         assert token.encode() not in self.log
         for path in output_files(self.scene.out):
             assert not file_contains(path, token.encode()), path
-        if os.path.isdir(self.scene.out):
+        if self.left is not None:
+            assert sorted(self.left) == sorted(leftovers)
+        elif os.path.isdir(self.scene.out):
             assert sorted(os.listdir(self.scene.out)) == sorted(leftovers)
 
 
@@ -142,6 +156,17 @@ def test_failed_conversion_leaves_no_lock_file(scene):
     run = Run(scene, case.build(scene))
     assert case.rule in run.failure()
     assert os.listdir(scene.out) == []
+
+
+def test_gzip_without_capacity_bounded_by_free_space(scene):
+    # No ovf:capacity and the default --max-disk-size of 16 TiB: the output
+    # filesystem's free space bounds the inflation, checked before each
+    # write, so the filesystem is never filled.
+    package = gzip_no_capacity(scene, gzip.compress(guest_data(32 * MIB), 1))
+    run = Run(scene, package, small_fs=16 * MIB)
+    line = run.failure()
+    assert "expands beyond the free space of %s/" % scene.out in line, line
+    run.assert_clean()
 
 
 def test_case_names_are_unique():

@@ -143,14 +143,14 @@ def raw_member(tmp_path, size: int) -> Member:
 
 
 def test_image_virtual_size_bound(tmp_path, staging):
-    # Declared small, the image itself is what the bound must catch.
+    # No capacity declared: the image itself is what the bound must catch.
     member = raw_member(tmp_path, MIB)
     dest = tmp_path / "at-limit.raw"
-    done = convert.import_disk([member], COMPRESSION_NONE, 4096, str(dest), str(staging),
+    done = convert.import_disk([member], COMPRESSION_NONE, None, str(dest), str(staging),
                                max_size=MIB)
     assert done.virtual_size == MIB and os.path.getsize(dest) == MIB
     with pytest.raises(DiskError) as info:
-        convert.import_disk([member], COMPRESSION_NONE, 4096, str(tmp_path / "over.raw"),
+        convert.import_disk([member], COMPRESSION_NONE, None, str(tmp_path / "over.raw"),
                             str(staging), max_size=MIB - 1)
     assert str(info.value) == ("disk.raw: virtual size 1048576 bytes is over the maximum"
                                " of 1048575 (--max-disk-size)")
@@ -166,9 +166,10 @@ def test_materialising_bound_follows_max_size_without_capacity(tmp_path, staging
     path.write_bytes(gzip.compress(bytes(limit + 1), 1))
     member = opened_member("disk.gz", str(path), 0, os.path.getsize(path))
     with pytest.raises(DiskError) as info:
-        convert.import_disk([member], COMPRESSION_GZIP, 0, str(tmp_path / "out.raw"),
+        convert.import_disk([member], COMPRESSION_GZIP, None, str(tmp_path / "out.raw"),
                             str(staging), max_size=max_size)
-    assert str(info.value) == "disk.gz: expands beyond the limit of %d bytes" % limit
+    assert str(info.value) == ("disk.gz: expands beyond the limit of %d bytes (--max-disk-size"
+                               " %d and image metadata; no ovf:capacity)" % (limit, max_size))
     assert os.listdir(staging) == []
 
 

@@ -243,7 +243,8 @@ def _read_disk(doc: Doc, item: etree._Element, label: str, disks: Dict[str, mode
                         % (label, ref_id))
     doc.warn(item, "%s: disk is file %s without a DiskSection entry; its capacity is"
              " taken from the image" % (label, ref_id))
-    return model.Disk(disk_id=ref_id, capacity=0, file=files[ref_id])
+    return model.Disk(disk_id=ref_id, capacity=0, file=files[ref_id],
+                      capacity_declared=False)
 
 
 def _item_sized_disk(doc: Doc, item: etree._Element, label: str) -> model.Disk:

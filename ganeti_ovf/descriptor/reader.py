@@ -281,7 +281,8 @@ def _read_disk_section(doc: Doc, root: etree._Element, files: Dict[str, model.Fi
                 file=files[file_ref] if file_ref is not None else None,
                 format_uri=doc.attr_value(element, "format"),
                 populated_size=_optional_uint(doc, element, "populatedSize", label,
-                                              units.MAX_CAPACITY))
+                                              units.MAX_CAPACITY),
+                capacity_declared=doc.attr(element, "capacity") is not None)
     return disks
 
 

@@ -80,6 +80,15 @@ FORMAT_URIS: Dict[str, Tuple[str, ...]] = {
 }
 
 
+def format_for_uri(uri: Optional[str]) -> Optional[str]:
+    """The qemu-img format an ovf:format URI names, or None (absent or unknown:
+    inspection alone decides)."""
+    for name, uris in FORMAT_URIS.items():
+        if uri in uris:
+            return name
+    return None
+
+
 # Element spellings the reader must accept across versions (it matches local
 # names, so only the names differ, never the namespaces).
 # 0.9 wraps sections and systems in these, naming the real element in xsi:type

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import tempfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 from ganeti_ovf.disks import formats, gzipstream, qemu, vmdkread
 from ganeti_ovf.disks.target import Target
@@ -24,6 +24,7 @@ from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import COMPRESSION_GZIP, COMPRESSION_NONE, Member
 
 BLOCK = 1024 ** 2  # read and write unit; an all-zero block becomes a hole
+MIB = 1024 ** 2
 # Expansion allowed when materialising without a caller's limit: the image
 # file may exceed the guest size by its metadata, never by more.
 METADATA_SLACK = 64 * 1024 ** 2
@@ -47,22 +48,36 @@ def _member_blocks(member: Member) -> Iterator[bytes]:
 
 
 class _SparseWriter:
-    """Writes blocks to a file, leaving holes where a block is all zeros."""
+    """Writes blocks to a file, leaving holes where a block is all zeros.
 
-    def __init__(self, fd: int, limit: int, name: str) -> None:
+    Two bounds, both checked before a byte is written: the file's size
+    (`limit`, said to be `rule`) and the bytes it allocates (`room`, the
+    free space of `where` when it began)."""
+
+    def __init__(self, fd: int, limit: int, name: str, rule: str = "",
+                 room: Optional[int] = None, where: str = "") -> None:
         self.fd = fd
         self.limit = limit
         self.name = name
+        self.rule = rule
+        self.room = room
+        self.where = where
         self.size = 0
+        self.allocated = 0
 
     def write(self, data: bytes) -> None:
         if self.size + len(data) > self.limit:
-            raise DiskError("%s: expands beyond the limit of %d bytes"
-                            % (self.name, self.limit))
+            raise DiskError("%s: expands beyond the limit of %d bytes%s"
+                            % (self.name, self.limit,
+                               " (%s)" % self.rule if self.rule else ""))
         for start in range(0, len(data), BLOCK):
             piece = data[start:start + BLOCK]
             if piece != (_ZERO if len(piece) == BLOCK else bytes(len(piece))):
+                if self.room is not None and self.allocated + len(piece) > self.room:
+                    raise DiskError("%s: expands beyond the free space of %s (%d bytes"
+                                    " available)" % (self.name, self.where, self.room))
                 os.pwrite(self.fd, piece, self.size)
+                self.allocated += len(piece)
             self.size += len(piece)
 
     def finish(self) -> None:
@@ -70,21 +85,34 @@ class _SparseWriter:
         os.ftruncate(self.fd, self.size)
 
 
+def free_space(directory: str) -> int:
+    """Bytes an unprivileged user may still write in `directory`'s filesystem
+    (the root reserve is left alone); DiskError if it cannot be told."""
+    try:
+        stats = os.statvfs(directory)
+    except OSError as err:
+        raise DiskError("%s: cannot tell its free space: %s"
+                        % (directory, err.strerror)) from None
+    return stats.f_bavail * stats.f_frsize
+
+
 def materialize(members: Sequence[Member], compression: str, staging_dir: str,
-                limit: int) -> Member:
+                limit: int, rule: str = "") -> Member:
     """Join `members` in order (decompressing gzip) into a private staging file.
 
     Returns a Member for the new file: created private in `staging_dir` and
     unlinked at once, it lives while its descriptor (member.fd, the caller's
     to close) is open.  Raises DiskError for an unknown compression, a
-    truncated or trailing-garbage gzip, output beyond `limit` bytes, or a
-    read or write failure.
+    truncated or trailing-garbage gzip, output beyond `limit` bytes (`rule`
+    says whose limit) or beyond the free space of `staging_dir`, or a read
+    or write failure.
     """
     if not members:
         raise DiskError("no file to materialise")
     name = members[0].name
     if compression not in (COMPRESSION_NONE, COMPRESSION_GZIP):
         raise DiskError("%s: unsupported compression %r" % (name, compression))
+    room = free_space(staging_dir)
     try:
         fd, path = tempfile.mkstemp(prefix=".disk-", suffix=".img", dir=staging_dir)
         os.unlink(path)  # reached through its descriptor only; gone when closed
@@ -92,7 +120,7 @@ def materialize(members: Sequence[Member], compression: str, staging_dir: str,
         raise DiskError("%s: cannot create a staging file in %s: %s"
                         % (name, staging_dir, err.strerror)) from None
     try:
-        out = _SparseWriter(fd, limit, name)
+        out = _SparseWriter(fd, limit, name, rule, room, staging_dir)
         blocks = (block for member in members for block in _member_blocks(member))
         if compression == COMPRESSION_GZIP:
             gzipstream.gunzip(members, out.write, name)
@@ -121,34 +149,77 @@ class PreparedDisk:
     staged: bool
 
 
-def prepare(members: Sequence[Member], compression: str, capacity: int,
+# How far a format's own size granularity may carry an image past the size
+# it was made for: qemu sizes a VHD in whole CHS cylinders, at most 16 heads
+# of 255 sectors (an 8 MiB disk becomes 8 MiB + 2 KiB).
+GEOMETRY_ROUNDING = {"vpc": 16 * 255 * 512}
+
+
+def capacity_allowance(capacity: int, fmt: str = "raw") -> int:
+    """The largest virtual size a disk declaring `capacity` bytes may have
+    when its image is in format `fmt`.
+
+    The capacity is a contract: a larger image is refused, never grown into.
+    Only rounding is forgiven: tools size images in whole sectors or
+    clusters (VHD in whole cylinders), and Ganeti sizes disks in whole MiB,
+    so an image up to the MiB boundary above that rounding is the disk the
+    capacity asks for.  Capacity 0 allows nothing."""
+    if capacity <= 0:
+        return 0
+    return -(-(capacity + GEOMETRY_ROUNDING.get(fmt, 0)) // MIB) * MIB
+
+
+def _materialize_limit(capacity: Optional[int],
+                       max_size: Optional[int]) -> Tuple[int, str]:
+    """How large a materialised image file may grow, and whose rule that is:
+    the guest size it may hold plus room for the image's own metadata."""
+    if capacity is not None:
+        base = capacity_allowance(capacity)
+        rule = "the declared capacity of %d bytes and image metadata" % capacity
+    else:
+        base = max_size or 0
+        rule = "--max-disk-size %d and image metadata; no ovf:capacity" % base
+    return base + base // 8 + METADATA_SLACK, rule
+
+
+def prepare(members: Sequence[Member], compression: str, capacity: Optional[int],
             staging_dir: str, limit: Optional[int] = None,
-            max_size: Optional[int] = None) -> PreparedDisk:
+            max_size: Optional[int] = None,
+            declared_format: Optional[str] = None) -> PreparedDisk:
     """Make a package's disk file readable and inspect it: no output yet.
 
     `members` are the file's chunks in order (one for an unchunked file).
-    A compressed or chunked file is materialised first; `limit` bounds it
-    (default: capacity plus metadata slack; with no capacity, `max_size`).
-    The image is inspected here and by qemu-img info; an image whose virtual
-    size exceeds `max_size` is refused.  release() frees the staging file.
+    `capacity` is the declared capacity, or None when the package states
+    none.  A compressed or chunked file is materialised first; `limit`
+    bounds it (default: the capacity, or without one `max_size`, plus
+    metadata slack), and so does the free space of `staging_dir`.  The image
+    is inspected here (`declared_format`: the format the package names) and
+    by qemu-img info; an image whose virtual size exceeds the capacity (see
+    capacity_allowance) or `max_size` is refused.  release() frees the
+    staging file.
     """
     if not members:
         raise DiskError("no disk file")
-    if capacity < 0:
+    if capacity is not None and capacity < 0:
         raise DiskError("%s: negative capacity %d" % (members[0].name, capacity))
     member = members[0]
     staged = False
     if compression != COMPRESSION_NONE or len(members) > 1 \
             or not qemu.readable_in_place(member):
+        rule = "the caller's limit"
         if limit is None:
-            base = capacity or max_size or 0
-            limit = base + base // 8 + METADATA_SLACK
-        member = materialize(members, compression, staging_dir, limit)
+            limit, rule = _materialize_limit(capacity, max_size)
+        member = materialize(members, compression, staging_dir, limit, rule)
         staged = True
     try:
-        image = formats.inspect(member)
+        image = formats.inspect(member, declared_format)
         described = qemu.info(member, image.format, expected_size=image.virtual_size)
         virtual_size = described["virtual-size"]
+        if capacity is not None \
+                and virtual_size > capacity_allowance(capacity, image.format):
+            raise DiskError("%s: virtual size %d bytes is larger than the declared"
+                            " capacity of %d bytes (ovf:capacity)"
+                            % (member.name, virtual_size, capacity))
         if max_size is not None and virtual_size > max_size:
             raise DiskError("%s: virtual size %d bytes is over the maximum of %d"
                             " (--max-disk-size)" % (member.name, virtual_size, max_size))
@@ -181,19 +252,23 @@ def _checked(prepared: PreparedDisk, write: Callable[[], None]) -> None:
                 check.result()
 
 
-def import_disk(members: Sequence[Member], compression: str, capacity: int, dest: str,
-                staging_dir: str, progress: Optional[Callable[[float], None]] = None,
-                limit: Optional[int] = None,
-                max_size: Optional[int] = None) -> ImportedDisk:
+def import_disk(members: Sequence[Member], compression: str, capacity: Optional[int],
+                dest: str, staging_dir: str,
+                progress: Optional[Callable[[float], None]] = None,
+                limit: Optional[int] = None, max_size: Optional[int] = None,
+                declared_format: Optional[str] = None) -> ImportedDisk:
     """Convert a package's disk file to a new sparse raw file `dest`.
 
-    See prepare() for `members`, `limit` and `max_size`.  The raw output is
-    extended (sparsely) to `capacity` when the image is smaller; it is never
-    cut.  Raises DiskError; no `dest` is left behind then.
+    See prepare() for `members`, `capacity`, `limit`, `max_size` and
+    `declared_format`.  The raw output is extended (sparsely) to `capacity`
+    when the image is smaller; it is never cut.  Raises DiskError; no `dest`
+    is left behind then.
     """
     if not members:
         raise DiskError("%s: no disk file" % dest)
-    prepared = prepare(members, compression, capacity, staging_dir, limit, max_size)
+    prepared = prepare(members, compression, capacity, staging_dir, limit, max_size,
+                       declared_format)
+    capacity = capacity or 0
     member, image, virtual_size = prepared.member, prepared.image, prepared.virtual_size
 
     def write() -> None:

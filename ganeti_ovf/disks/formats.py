@@ -534,11 +534,12 @@ def open_image(member: Member) -> int:
     return member.fd
 
 
-def inspect(member: Member) -> DiskImage:
+def inspect(member: Member, declared: Optional[str] = None) -> DiskImage:
     """Identify the disk image in `member`; DiskError if it is refused.
 
-    A raw image's virtual size is the member's size (qemu rounds it up to
-    whole sectors).
+    `declared` is the format the package names (None: it names none, or one
+    unknown).  A raw image's virtual size is the member's size (qemu rounds
+    it up to whole sectors).
     """
     fd = open_image(member)
     try:
@@ -558,6 +559,12 @@ def inspect(member: Member) -> DiskImage:
     if failures or not fmt.checks:
         raise DiskError("%s: refused %s image: %s"
                         % (member.name, fmt.name, "; ".join(failures) or "no checks"))
+    if declared == "raw":
+        # Like two formats matching: the package and the bytes disagree on
+        # how to read the disk, so neither reading is safe to pick.  (An
+        # image its own checks refuse was refused above, for that reason.)
+        raise DiskError("%s: refused image: declared raw but it holds a %s image"
+                        " (ambiguous format)" % (member.name, fmt.name))
     return DiskImage(fmt.name, fmt.virtual_size(fields), fmt.details(fields))
 
 

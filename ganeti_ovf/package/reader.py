@@ -57,10 +57,14 @@ class Package:
 
     @classmethod
     def open(cls, path: str, staging_dir: Optional[str] = None,
-             max_members: int = tarreader.MAX_MEMBERS) -> "Package":
+             max_members: int = tarreader.MAX_MEMBERS,
+             max_staged: Optional[int] = None) -> "Package":
         """Open the .ovf descriptor (files beside it) or .ova archive at `path`.
 
-        Raises PackageError for anything that is neither, or is unsafe.
+        A gzip-compressed OVA is decompressed into `staging_dir`: at most
+        `max_staged` bytes (--max-disk-size; None: no cap of its own) and
+        never more than the free space there.  Raises PackageError for
+        anything that is neither, is unsafe, or exceeds those bounds.
         """
         directory, source, linked = _open_operator_path(path)
         try:
@@ -72,7 +76,8 @@ class Package:
                 if staging_dir is None:
                     raise PackageError("%s: a gzip-compressed OVA needs a staging directory"
                                        % path)
-                return _OvaPackage(path, [source, _gunzip(source, staging_dir)], max_members)
+                return _OvaPackage(path, [source, _gunzip(source, staging_dir, max_staged)],
+                                   max_members)
             if tarreader.is_tar_header(head):
                 return _OvaPackage(path, [source], max_members)
             if path.lower().endswith(".ovf"):
@@ -431,8 +436,24 @@ def _open_problem(err: OSError) -> str:
     return "cannot open: %s" % err.strerror
 
 
-def _gunzip(source: OpenedFile, staging_dir: str) -> OpenedFile:
-    """Decompress the gzip OVA `source` into a private file in `staging_dir`.
+def _gunzip_bound(path: str, staging_dir: str, cap: Optional[int]) -> Tuple[int, str]:
+    """The most a gzip OVA may decompress to in `staging_dir`, and the rule
+    that says so: the space an unprivileged user may still write there (the
+    root reserve stays free), and `cap` when smaller."""
+    try:
+        stats = os.statvfs(staging_dir)
+    except OSError as err:
+        raise PackageError("%s: cannot tell the free space of %s: %s"
+                           % (path, staging_dir, err.strerror))
+    room = stats.f_bavail * stats.f_frsize
+    if cap is not None and cap < room:
+        return cap, "--max-disk-size"
+    return room, "the free space of %s" % staging_dir
+
+
+def _gunzip(source: OpenedFile, staging_dir: str, cap: Optional[int] = None) -> OpenedFile:
+    """Decompress the gzip OVA `source` into a private file in `staging_dir`,
+    within _gunzip_bound().
 
     The copy is unlinked at once: it lives while its descriptor is open, and
     nobody can reach it by name.
@@ -448,7 +469,8 @@ def _gunzip(source: OpenedFile, staging_dir: str) -> OpenedFile:
         reading = os.dup(source.fd)
         os.lseek(reading, 0, os.SEEK_SET)
         with os.fdopen(reading, "rb") as stream, os.fdopen(os.dup(fd), "wb") as target:
-            _gunzip_stream(path, stream, target)
+            bound = _gunzip_bound(path, staging_dir, cap)
+            _gunzip_stream(path, stream, _BoundedTarget(path, target, *bound))
     except OSError as err:
         os.close(fd)
         raise PackageError("%s: cannot decompress into %s: %s"
@@ -459,7 +481,25 @@ def _gunzip(source: OpenedFile, staging_dir: str) -> OpenedFile:
     return OpenedFile(fd, "%s (decompressed)" % path)
 
 
-def _gunzip_stream(path: str, source: BinaryIO, target: BinaryIO) -> None:
+class _BoundedTarget:
+    """A file that refuses, before writing, data past `limit` bytes."""
+
+    def __init__(self, path: str, target: BinaryIO, limit: int, rule: str) -> None:
+        self.path = path
+        self.target = target
+        self.limit = limit
+        self.rule = rule
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        if self.size + len(data) > self.limit:
+            raise PackageError("%s: decompresses to more than %d bytes (%s)"
+                               % (self.path, self.limit, self.rule))
+        self.target.write(data)
+        self.size += len(data)
+
+
+def _gunzip_stream(path: str, source: BinaryIO, target: "_BoundedTarget") -> None:
     decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
     pending = b""
     try:

@@ -200,10 +200,12 @@ def test_import_extends_to_capacity_and_never_cuts(tmp_path, staging):
     done = convert.import_disk([whole(raw)], COMPRESSION_NONE, GIB, str(dest), str(staging))
     assert (done.virtual_size, done.size, os.path.getsize(dest)) == (8 * MIB, GIB, GIB)
     assert os.stat(dest).st_blocks * 512 < 2 * MIB
+    # Neither cut nor grown: an image larger than its capacity is refused.
     small = tmp_path / "small"
-    done = convert.import_disk([whole(raw)], COMPRESSION_NONE, MIB, str(small), str(staging))
-    assert done.size == os.path.getsize(small) == 8 * MIB
-    assert content_digest(small) == content_digest(raw)
+    with pytest.raises(DiskError, match="virtual size 8388608 bytes is larger than the"
+                       " declared capacity of 1048576 bytes"):
+        convert.import_disk([whole(raw)], COMPRESSION_NONE, MIB, str(small), str(staging))
+    assert not small.exists() and os.listdir(staging) == []
 
 
 def test_import_empty_image_stays_sparse(tmp_path, staging):
@@ -246,7 +248,8 @@ def test_import_gzip_bomb_bounded_by_capacity(tmp_path, staging):
 def test_import_corpus(tmp_path, staging, name, fmt, size):
     source = os.path.join(CORPUS, name)
     dest = tmp_path / "disk0"
-    done = convert.import_disk([whole(source)], COMPRESSION_NONE, 0, str(dest), str(staging))
+    done = convert.import_disk([whole(source)], COMPRESSION_NONE, None, str(dest),
+                               str(staging))
     assert (done.format, done.virtual_size, done.size) == (fmt, size, size)
     assert content_digest(dest) == content_digest(plain_raw(tmp_path, source, fmt))
     assert os.stat(dest).st_blocks * 512 <= max(64 * MIB, size // 8)
@@ -274,3 +277,63 @@ def test_create_blank(tmp_path):
         convert.create_blank(str(dest), 1)
     with pytest.raises(DiskError, match="negative"):
         convert.create_blank(str(tmp_path / "neg"), -1)
+
+
+# --- the declared capacity is a contract -------------------------------------
+@pytest.mark.parametrize("fmt, options", [
+    ("qcow2", ()), ("vmdk", ("-o", "subformat=streamOptimized")), ("vdi", ()), ("raw", ()),
+])
+@pytest.mark.parametrize("capacity", [4 * MIB, 0])
+def test_image_larger_than_capacity_refused(tmp_path, staging, fmt, options, capacity):
+    raw = tmp_path / "src.raw"
+    patterned_raw(raw)
+    image = tmp_path / "image"
+    qemu_img("convert", "-f", "raw", "-O", fmt, *options, str(raw), str(image))
+    dest = tmp_path / "disk0"
+    with pytest.raises(DiskError, match=r"^image: virtual size 8388608 bytes is larger than"
+                       r" the declared capacity of %d bytes \(ovf:capacity\)$" % capacity):
+        convert.import_disk([whole(image)], COMPRESSION_NONE, capacity, str(dest),
+                            str(staging))
+    assert not dest.exists() and os.listdir(staging) == []
+    # Declaring no capacity at all: the image's own size is used.
+    done = convert.import_disk([whole(image)], COMPRESSION_NONE, None, str(dest),
+                               str(staging))
+    assert done.size == 8 * MIB
+
+
+def test_gzip_expanding_beyond_capacity_refused(tmp_path, staging):
+    raw = tmp_path / "src.raw"
+    patterned_raw(raw)
+    (tmp_path / "d.gz").write_bytes(gzip.compress(raw.read_bytes(), 1))
+    with pytest.raises(DiskError, match="virtual size 8388608 bytes is larger than the"
+                       " declared capacity of 4194304 bytes"):
+        convert.import_disk([whole(tmp_path / "d.gz")], COMPRESSION_GZIP, 4 * MIB,
+                            str(tmp_path / "disk0"), str(staging))
+    assert os.listdir(staging) == []
+
+
+def test_capacity_allowance_forgives_rounding_only():
+    assert convert.capacity_allowance(0) == 0
+    assert convert.capacity_allowance(0, "vpc") == 0
+    assert convert.capacity_allowance(1) == MIB
+    assert convert.capacity_allowance(8 * MIB) == 8 * MIB
+    assert convert.capacity_allowance(8 * MIB + 1) == 9 * MIB
+    # qemu sizes a VHD in whole cylinders of up to 16 x 255 sectors.
+    assert convert.capacity_allowance(8 * MIB, "vpc") == 10 * MIB
+
+
+@pytest.mark.parametrize("fmt, capacity", [
+    ("raw", 8 * MIB - 4096),  # declared in a unit that rounds below the image
+    ("raw", 7 * MIB + 1),
+    ("vpc", 8 * MIB),  # the VHD is 8 MiB + 2 KiB: whole cylinders
+])
+def test_capacity_rounding_accepted(tmp_path, staging, fmt, capacity):
+    raw = tmp_path / "src.raw"
+    patterned_raw(raw)
+    image = tmp_path / "image"
+    qemu_img("convert", "-f", "raw", "-O", fmt, str(raw), str(image))
+    done = convert.import_disk([whole(image)], COMPRESSION_NONE, capacity,
+                               str(tmp_path / "disk0"), str(staging))
+    assert done.size >= 8 * MIB
+    with open(tmp_path / "disk0", "rb") as out, open(raw, "rb") as src:
+        assert out.read(8 * MIB) == src.read()

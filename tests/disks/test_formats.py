@@ -335,3 +335,21 @@ def test_corpus_raw_and_iso():
 def test_every_registered_format_declares_checks():
     for fmt in formats.FORMATS:
         assert fmt.checks, fmt.name
+
+
+# --- the declared format ---------------------------------------------------
+@pytest.mark.parametrize("fmt", ["qcow2", "vdi", "vpc", "vmdk"])
+def test_declared_raw_holding_an_image_is_ambiguous(tmp_path, fmt):
+    member = whole(create(tmp_path, "disk.img", fmt))
+    # Undeclared (or declared as what it is), detection decides.
+    assert formats.inspect(member).format == fmt
+    assert formats.inspect(member, fmt).format == fmt
+    with pytest.raises(DiskError, match=r"disk.img: refused image: declared raw but it"
+                       r" holds a %s image \(ambiguous format\)" % fmt):
+        formats.inspect(member, "raw")
+
+
+def test_declared_raw_that_is_raw_accepted(tmp_path):
+    path = tmp_path / "disk.img"
+    path.write_bytes(os.urandom(MIB))
+    assert formats.inspect(whole(path), "raw") == formats.DiskImage("raw", MIB, {})

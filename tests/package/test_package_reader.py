@@ -687,3 +687,15 @@ def test_gunzip_magic_straddling_reads() -> None:
     target = io.BytesIO()
     package_module._gunzip_stream("t.ova", OneByteShort(first + second), target)
     assert target.getvalue() == b"x" * 1000 + b"y" * 1000
+
+
+def test_gzip_ova_decompresses_within_its_cap(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    data = make_tar_bytes(tmp_path)
+    path = write(str(tmp_path / "p.ova"), gzip.compress(data))
+    assert ("decompresses to more than %d bytes (--max-disk-size)" % (len(data) - 1)
+            in open_error(path, str(staging), max_staged=len(data) - 1))
+    assert os.listdir(str(staging)) == []
+    with Package.open(path, str(staging), max_staged=len(data)) as package:
+        assert member_bytes(package.member("disk.vmdk")) == DISK

@@ -603,6 +603,18 @@ def declared_raw_really_qcow2(scene: Scene) -> str:
                   href="appliance-disk0.img", fmt="raw")
 
 
+def declared_raw(scene: Scene, fmt: object) -> str:
+    """A clean image of `fmt` whose Disk says ovf:format raw."""
+    href = "appliance-disk0.img"
+    path = image(scene, str(fmt), href)
+    return folder(scene, descriptor(href, "raw"), {href: path})
+
+
+for _fmt in ("qcow2", "vdi", "vpc"):
+    _variants("declared raw but it holds a %s image (ambiguous format)" % _fmt,
+              {_fmt: _fmt}, declared_raw)
+
+
 @case("external data file set")
 def qcow2_data_file(scene: Scene) -> str:
     href = "appliance-disk0.qcow2"
@@ -762,6 +774,39 @@ for _suffix, (_fmt, _options, _rule) in {
     _variants(_rule, {_suffix: (_fmt, _options)}, truncated_image)
 
 
+# --- the declared capacity -------------------------------------------------
+# DISK_SIZE is 4 MiB; the capacity declared below is less: the image must
+# be refused, not imported grown past what the package promised.
+
+def over_capacity(scene: Scene, kind: object) -> str:
+    fmt, options = {"qcow2": ("qcow2", None),
+                    "vmdk_stream": ("vmdk", "subformat=streamOptimized"),
+                    "vdi": ("vdi", None)}[str(kind)]
+    href = "appliance-disk0.%s" % fmt
+    path = image(scene, fmt, href, options)
+    return folder(scene, descriptor(href, fmt, capacity=DISK_SIZE // 2), {href: path})
+
+
+_variants("virtual size 4194304 bytes is larger than the declared capacity of 2097152"
+          " bytes", {kind: kind for kind in ("qcow2", "vmdk_stream", "vdi")}, over_capacity)
+
+
+@case("virtual size 4194304 bytes is larger than the declared capacity of 0 bytes")
+def capacity_zero(scene: Scene) -> str:
+    basic_folder(scene)
+    edit_descriptor(scene, b'ovf:capacity="%d"' % DISK_SIZE, b'ovf:capacity="0"')
+    return scene.path(OVF)
+
+
+@case("virtual size 4194304 bytes is larger than the declared capacity of 2097152 bytes")
+def gzip_over_capacity(scene: Scene) -> str:
+    """A gzip stream that inflates to a raw image larger than its capacity."""
+    href = "appliance-disk0.img.gz"
+    data = gzip.compress(guest_data())
+    return folder(scene, descriptor(href, "raw", capacity=DISK_SIZE // 2,
+                                    compression="gzip"), {href: data})
+
+
 # --- compression and chunks ------------------------------------------------
 
 def _gzip_folder(scene: Scene, payload: bytes, capacity: int = DISK_SIZE) -> str:
@@ -776,6 +821,34 @@ def gzip_bomb(scene: Scene) -> str:
     zeros = bytes(MIB)
     parts = [compressor.compress(zeros) for _ in range(100)] + [compressor.flush()]
     return _gzip_folder(scene, b"".join(parts))
+
+
+def without_capacity(scene: Scene) -> None:
+    """Drop the folder's ovf:capacity, as Ganeti's old converter wrote disks."""
+    edit_descriptor(scene, b'ovf:capacity="%d" ovf:capacityAllocationUnits="byte" '
+                    % DISK_SIZE, b"")
+
+
+def gzip_no_capacity(scene: Scene, payload: bytes) -> str:
+    """A raw disk, gzip-compressed, whose Disk states no capacity."""
+    href = "appliance-disk0.img.gz"
+    folder(scene, descriptor(href, "raw", compression="gzip"), {href: payload})
+    without_capacity(scene)
+    return scene.path(OVF)
+
+
+def gzip_of_zeros(size: int) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [compressor.compress(bytes(MIB)) for _ in range(size // MIB)]
+    return b"".join(parts) + compressor.flush()
+
+
+# No capacity: --max-disk-size (8 MiB, plus an eighth and 64 MiB of metadata
+# slack: 76546048 bytes) bounds the inflation, and the refusal names it.
+@case("expands beyond the limit of 76546048 bytes (--max-disk-size 8388608",
+      "--max-disk-size", "8M")
+def gzip_no_capacity_over_max_size(scene: Scene) -> str:
+    return gzip_no_capacity(scene, gzip_of_zeros(80 * MIB))
 
 
 def _gzipped_qcow2(scene: Scene) -> bytes:
@@ -916,6 +989,22 @@ def good_raw_named_raw(scene: Scene) -> Tuple[str, List[bytes]]:
     return basic_folder(scene, fmt="raw"), [guest_data()]
 
 
+def good_capacity_rounded(scene: Scene) -> Tuple[str, List[bytes]]:
+    """A capacity a little under the image, within its MiB: Ganeti's disk is
+    the same, so the image is accepted (rounding, not excess)."""
+    basic_folder(scene, fmt="raw")
+    edit_descriptor(scene, b'ovf:capacity="%d"' % DISK_SIZE,
+                    b'ovf:capacity="%d"' % (DISK_SIZE - 1000))
+    return scene.path(OVF), [guest_data()]
+
+
+def good_no_capacity(scene: Scene) -> Tuple[str, List[bytes]]:
+    """No ovf:capacity (Ganeti's old converter): the image's size is used."""
+    basic_folder(scene)
+    without_capacity(scene)
+    return scene.path(OVF), [guest_data()]
+
+
 def good_host_params(scene: Scene) -> Tuple[str, List[bytes]]:
     """A Ganeti section that asks for host paths: dropped, with a warning."""
     settings = GanetiSettings(
@@ -933,6 +1022,9 @@ CONTROLS = [
     Control("gzip_disk", good_gzip),
     Control("chunked_ova", good_chunked),
     Control("raw_disk", good_raw_named_raw),
+    Control("capacity_rounded", good_capacity_rounded),
+    Control("no_capacity", good_no_capacity,
+            expected=("has no ovf:capacity; the image's virtual size is used",)),
     Control("host_params_dropped", good_host_params,
             expected=("WARNING: parameters from the package not applied",
                       "hypervisor:kvm_extra", "hypervisor:kernel_path", "os:script_dir")),

@@ -30,6 +30,30 @@ def run_gnt_ovf(*args, check=False, env=None):
     return result
 
 
+# Mount a fresh tmpfs of $3 bytes on $1 (in the private mount namespace of
+# unshare, so it vanishes with the command), run the rest, and list what the
+# command left in the tmpfs into the file $2 (outside it).
+_SMALL_FS_SCRIPT = ('mp=$1; left=$2; size=$3; shift 3; '
+                    'mount -t tmpfs -o "size=$size,mode=0755" gnt-ovf-test "$mp" || exit 99; '
+                    '"$@"; rc=$?; ls -A "$mp" > "$left"; exit $rc')
+
+
+def run_gnt_ovf_on_small_fs(mountpoint, size, *args, env=None):
+    """Run gnt-ovf ARGS while `mountpoint` (an existing empty directory) is a
+    tmpfs of `size` bytes: a real full filesystem, not a mock.  Returns the
+    result and the names the command left in that filesystem."""
+    left = str(mountpoint) + ".left"
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", _SMALL_FS_SCRIPT,
+         "sh", str(mountpoint), left, str(size), sys.executable, "-m", "ganeti_ovf"]
+        + [str(a) for a in args], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert result.returncode != 99, result.stderr
+    with open(left) as handle:
+        names = handle.read().split()
+    os.unlink(left)
+    return result, names
+
+
 def sha256_file(path, length=None):
     digest = hashlib.sha256()
     left = length
