@@ -38,6 +38,7 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import descriptors  # noqa: E402
 import direct_import  # noqa: E402
 import workloads  # noqa: E402
 from workloads import MIB, ROOT, Job, Workload  # noqa: E402
@@ -364,13 +365,15 @@ def targets(records: List[Dict]) -> List[Dict]:
             seconds = rec["summary"]["ours_s"]
             target("%s < 10 s" % name, seconds, 10.0, "s", seconds < 10.0)
     direct_import.targets(records, target)
+    descriptors.targets(records, target)
     rec = by_name.get("import-1tib-sparse")
     if rec:
         allocated, data = rec["output"]["ours"]["allocated"], rec["sources"]["data"]
         target("import-1tib-sparse allocates <= data + 1 %% (%s MiB)" % mib(data),
                allocated / MIB, data * 1.01 / MIB, "MiB", allocated <= data * 1.01)
     for rec in records:
-        if "summary" in rec:
+        # A descriptor is read whole (at most 32 MiB): the streaming limit is for disks.
+        if "summary" in rec and rec["kind"] != "info":
             tree = rec["summary"]["rss_tree"]
             target("%s peak RSS with children <= 64 MiB (ours alone %s MiB; Pss at the"
                    " peak: %s)" % (rec["name"], mib(rec["summary"]["rss_ours"]),
@@ -391,7 +394,7 @@ def select(catalogue: List[tuple], only: List[str]) -> List[tuple]:
     wanted = [item for value in only for item in value.split(",") if item]
     chosen = [entry for entry in catalogue
               if any(w == str(entry[1]) or w in entry[0] for w in wanted)]
-    if not chosen and not direct_import.wanted(only):
+    if not chosen and not direct_import.wanted(only) and not descriptors.wanted(only):
         sys.exit("--only %s matches none of: %s"
                  % (",".join(wanted), ", ".join(e[0] for e in catalogue)))
     return chosen
@@ -448,6 +451,10 @@ def main() -> int:
             records.append(direct_import.measure(builder, args.quick, rounds,
                                                  os.path.join(workdir, "logs"), run_job,
                                                  summarise, say))
+        if descriptors.wanted(args.only):
+            records.extend(descriptors.measure(builder, args.quick, rounds,
+                                               os.path.join(workdir, "logs"), run_job,
+                                               summarise, say))
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -16,7 +16,7 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Sequence, TextIO
+from typing import Callable, Iterator, List, Optional, Sequence, Set, TextIO
 
 from ganeti import netutils
 
@@ -265,15 +265,17 @@ def import_systems(request: ImportRequest, wanted: Sequence[str],
         stagings = [first] + [stack.enter_context(publish.Staging(output_dir, name))
                               for name in names[1:]]
         results = []
+        earlier: Set[str] = set()  # files of the systems converted so far
         for index, (plan, staging) in enumerate(zip(plans, stagings, strict=True)):
             staging.name = plan.system.name
             staging.target = os.path.join(output_dir, staging.name)
             # Each digest runs beside the first system that reads its file.
             own = {m.name for ms in members[index].values() for m in ms}
-            earlier = {m.name for per in members[:index] for ms in per.values() for m in ms}
+            first_read = own - earlier
+            earlier |= own
             feedback("Virtual system %s" % plan.system.system_id)
             with _digests([check for check in checks
-                           if check[1].name in own - earlier]) as digests:
+                           if check[1].name in first_read]) as digests:
                 exported = _convert_verified(
                     plan.system, digests,
                     lambda number, disk, per_system=members[index], staging=staging:
@@ -292,10 +294,12 @@ def import_systems(request: ImportRequest, wanted: Sequence[str],
 
 def _check_distinct(names: List[str]) -> None:
     """Refuse two systems that would become one instance name."""
-    for index, name in enumerate(names):
-        if name.lower() in (other.lower() for other in names[:index]):
+    seen: Set[str] = set()
+    for name in names:
+        if name.lower() in seen:
             raise OptionError("two virtual systems would both be instance %s; import them"
                               " one at a time with --system and --name" % name)
+        seen.add(name.lower())
 
 
 def _check_absent(output_dir: str, names: List[str], force: bool) -> None:

@@ -37,6 +37,7 @@ CONTROLLER_TYPES = (5, 6, 20)
 RT_CPU = 3
 FIRMWARES = {"efi": "efi", "efi32": "efi", "efi64": "efi", "efidual": "efi", "bios": "bios"}
 _LAST = 1 << 30
+Interfaces = Dict[str, Tuple[Optional[str], bool]]
 
 
 @dataclass
@@ -51,15 +52,15 @@ class Devices:
 
 def read_devices(doc: Doc, system: etree._Element, section: Optional[etree._Element],
                  items: List[etree._Element], disks: List[model.Disk],
-                 disk_items: List[etree._Element]) -> Devices:
+                 disk_items: List[etree._Element], interfaces: Interfaces) -> Devices:
     """Controllers and boot order of `disks`, and the system-wide hardware.
 
     `items` are the hardware items selected for the profile, `disk_items`
     the item of each disk (hardware.py): a DiskSection disk that several
-    items name is several disks, each in its own item's place.
+    items name is several disks, each in its own item's place;
+    `interfaces` the descriptor's ovirt_interfaces().
     """
     controllers, kind_rank = _controllers(doc, items)
-    interfaces = _ovirt_interfaces(doc, system)
     annotated = []
     for index, (disk, item) in enumerate(zip(disks, disk_items, strict=True)):
         parent = doc.child_value(item, "Parent")
@@ -103,11 +104,13 @@ def _resource_type(doc: Doc, item: etree._Element) -> Optional[int]:
 
 
 
-def _ovirt_interfaces(doc: Doc, system: etree._Element
-                      ) -> Dict[str, Tuple[Optional[str], bool]]:
-    """disk id -> (ovf:disk-interface, ovf:boot) of oVirt's DiskSection disks."""
-    found: Dict[str, Tuple[Optional[str], bool]] = {}
-    root = system.getroottree().getroot()
+def ovirt_interfaces(doc: Doc, root: etree._Element) -> Interfaces:
+    """disk id -> (ovf:disk-interface, ovf:boot) of oVirt's DiskSection disks.
+
+    Read once per descriptor (a search of the whole tree per system would
+    make a descriptor of many systems quadratic).
+    """
+    found: Interfaces = {}
     for section in descendants(root, "DiskSection"):
         for element in children(section, "Disk"):
             disk_id = doc.attr_value(element, "diskId")

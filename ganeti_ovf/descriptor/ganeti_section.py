@@ -28,6 +28,9 @@ GENERIC_PARAMETER = "Parameter"
 _UNSET = ("", "none", "auto")
 # Parameter names become config.ini keys: no delimiters (=, :), no blanks.
 _PARAM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+# Parameters of one kind (hypervisor, OS, backend): Ganeti 3.0 knows about
+# 80 hypervisor parameters of all hypervisors together and a dozen backend ones.
+MAX_PARAMETERS = 256
 _KNOWN = ("Info", "Version", "DiskTemplate", "AutoBalance", "Tags", "OperatingSystem",
           "Hypervisor", "Backend", "Network", "Disks")
 
@@ -96,16 +99,21 @@ def _named_params(doc: Doc, element: Optional[etree._Element], what: str) -> mod
     if parameters is None:
         return ()
     result: List[Tuple[str, str]] = []
+    names = set()
     for param in parameters:
+        if len(result) == MAX_PARAMETERS:
+            raise doc.error(param, "Ganeti section %s: more than %d parameters"
+                            % (what, MAX_PARAMETERS))
         name = local_name(param)
         if name == GENERIC_PARAMETER:
             name = param.get("{%s}name" % versions.GANETI_NS) or param.get("name") or ""
         if not _PARAM_NAME.fullmatch(name):
             raise doc.error(param, "Ganeti section %s parameter name %r is refused"
                             % (what, name[:60]))
-        if name in dict(result):
+        if name in names:
             raise doc.error(param, "Ganeti section %s parameter %s is given twice"
                             % (what, name))
+        names.add(name)
         result.append((name, doc.value(param, "%s parameter %s" % (what, name)) or ""))
     return tuple(result)
 

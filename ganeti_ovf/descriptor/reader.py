@@ -46,6 +46,14 @@ _DRIVE = re.compile(r"[A-Za-z]:")
 _PROPERTY_REF = re.compile(r"\$\{(.+)\}")
 _COMPRESSIONS = (model.COMPRESSION_NONE, model.COMPRESSION_GZIP)
 MAX_OS_ID = 1 << 16
+# Each VirtualSystem becomes an instance, each Configuration a profile to
+# choose: real vApps have a handful of systems and appliances a few dozen
+# profiles at most; these bounds keep `info` and `import` quick.
+MAX_SYSTEMS = 256
+MAX_PROFILES = 256
+# Files (and so disks) of one package: an OVA holds at most 10000 members
+# (package/tarreader.py MAX_MEMBERS), so no real descriptor lists more.
+MAX_FILES = 10_000
 
 
 def parse_descriptor(data: bytes, profile: Optional[str] = None,
@@ -78,15 +86,21 @@ def parse_descriptor(data: bytes, profile: Optional[str] = None,
     system_elements = list(descendants(root, "VirtualSystem"))
     if not system_elements:
         raise DescriptorError("%s: the descriptor has no VirtualSystem" % source)
+    if len(system_elements) > MAX_SYSTEMS:
+        raise doc.error(system_elements[MAX_SYSTEMS], "more than %d VirtualSystems"
+                        % MAX_SYSTEMS)
     sections = _ganeti_sections(doc, root)
+    interfaces = devices.ovirt_interfaces(doc, root)
     systems = []
     for index, element in enumerate(system_elements):
         systems.append(_read_system(doc, element, index, chosen, disks, files,
-                                    sections.get(element, sections.get(None))))
-    ids = [system.system_id for system in systems]
-    for system_id in ids:
-        if ids.count(system_id) > 1:
-            raise DescriptorError("%s: two virtual systems have the id %r" % (source, system_id))
+                                    sections.get(element, sections.get(None)), interfaces))
+    seen = set()
+    for system in systems:
+        if system.system_id in seen:
+            raise DescriptorError("%s: two virtual systems have the id %r"
+                                  % (source, system.system_id))
+        seen.add(system.system_id)
     referenced = hardware.referenced_disk_ids(doc, root)
     for disk_id in disks:
         if disk_id not in referenced:
@@ -112,13 +126,18 @@ def _version_without_namespace(root: etree._Element) -> versions.OvfVersion:
 
 def _read_profiles(doc: Doc, root: etree._Element) -> List[model.Profile]:
     entries = []
+    defined = set()
     for section in children(root, "DeploymentOptionSection"):
         for element in children(section, "Configuration"):
+            if len(entries) == MAX_PROFILES:
+                raise doc.error(element, "more than %d deployment profiles (Configuration)"
+                                % MAX_PROFILES)
             profile_id = doc.attr_value(element, "id")
             if profile_id is None:
                 raise doc.error(element, "Configuration without ovf:id")
-            if any(profile_id == other[0] for other in entries):
+            if profile_id in defined:
                 raise doc.error(element, "profile %r is defined twice" % profile_id)
+            defined.add(profile_id)
             entries.append((profile_id, doc.child_value(element, "Label", collapse=True),
                             (doc.attr(element, "default") or "").lower() == "true"))
     default = next((entry[0] for entry in entries if entry[2]),
@@ -153,6 +172,8 @@ def _read_references(doc: Doc, root: etree._Element) -> Dict[str, model.FileRef]
     files: Dict[str, model.FileRef] = {}
     for section in children(root, "References"):
         for element in children(section, "File"):
+            if len(files) == MAX_FILES:
+                raise doc.error(element, "more than %d References/File entries" % MAX_FILES)
             file_id = doc.attr_value(element, "id")
             if file_id is None:
                 raise doc.error(element, "File without ovf:id")
@@ -252,6 +273,8 @@ def _read_disk_section(doc: Doc, root: etree._Element, files: Dict[str, model.Fi
     file_users: Dict[str, str] = {}  # fileRef -> the Disk that uses it
     for section in children(root, "DiskSection"):
         for element in children(section, "Disk"):
+            if len(disks) == MAX_FILES:
+                raise doc.error(element, "more than %d DiskSection/Disk entries" % MAX_FILES)
             disk_id = doc.attr_value(element, "diskId")
             if disk_id is None:
                 raise doc.error(element, "Disk without ovf:diskId")
@@ -329,7 +352,8 @@ def _ganeti_sections(doc: Doc, root: etree._Element) -> Dict[Optional[etree._Ele
 
 def _read_system(doc: Doc, element: etree._Element, index: int, profile: Optional[str],
                  disks: Dict[str, model.Disk], files: Dict[str, model.FileRef],
-                 ganeti: Optional[GanetiData]) -> model.VirtualSystem:
+                 ganeti: Optional[GanetiData],
+                 interfaces: devices.Interfaces) -> model.VirtualSystem:
     name = doc.child_value(element, "Name")
     system_id = doc.attr_value(element, "id")
     if system_id is None:
@@ -349,7 +373,7 @@ def _read_system(doc: Doc, element: etree._Element, index: int, profile: Optiona
     found = hardware.read_hardware(doc, section, profile, disks, files)
     nics = _add_vbox_macs(doc, element, found.nics)
     found_devices = devices.read_devices(doc, element, section, found.items, found.disks,
-                                         found.disk_items)
+                                         found.disk_items, interfaces)
     disk_list = found_devices.disks
     settings = None
     if ganeti is not None:

@@ -3,7 +3,8 @@
 A descriptor comes from whoever built the package, so the parser resolves no
 entities, loads no DTD, touches no network and refuses any DOCTYPE at all (the
 vehicle of XXE and "billion laughs").  Size, element count and depth are capped
-before the tree reaches the reader.  Everything goes out as DescriptorError
+before the tree reaches the reader, and attributes per element before the
+parser sees them (see MAX_ATTRIBUTES).  Everything goes out as DescriptorError
 with the source name and, where libxml2 knows it, the line.
 
 Namespace mistakes that do not change the tree's shape are tolerated and
@@ -12,6 +13,7 @@ descriptors declare `.../cim2608 schema/2/...` with a space) and a prefix
 that is never declared.  The reader matches local names, so neither matters.
 """
 
+import re
 from typing import List, Optional
 
 from lxml import etree
@@ -22,6 +24,24 @@ from ganeti_ovf.errors import DescriptorError
 MAX_DESCRIPTOR_BYTES = 32 * 1024 * 1024
 MAX_ELEMENTS = 200_000
 MAX_DEPTH = 64
+# Attributes of one element, namespace declarations included.  libxml2
+# compares each attribute of a start tag with every earlier one (80000
+# attributes take minutes), so a long start tag is refused before parsing.
+# Real descriptors have at most a dozen; a vbox:Machine element about 20.
+MAX_ATTRIBUTES = 256
+# Namespace declarations in the whole descriptor: libxml2's time grows with
+# their square (200000 take seconds) even when each element declares its own.
+# Real descriptors declare about ten, on the Envelope.
+MAX_NAMESPACE_DECLARATIONS = 10_000
+
+# A start tag of more than MAX_ATTRIBUTES attributes spans more than this many
+# bytes without a '<' (each attribute is at least ` a=""`, and no attribute
+# value may hold a '<'): only such spans are looked at, each once, so the scan
+# is linear.  It may count a tag-like text inside a comment; never too few.
+_LONG_MARKUP = re.compile(rb"<[^<]{%d,}" % (4 * MAX_ATTRIBUTES))
+_START_TAG = re.compile(rb"<([^\s/<>!?][^\s/<>]*)")
+_TOO_MANY_ATTRIBUTES = re.compile(rb"(?:\s+[^\s=/<>]+\s*=\s*(?:\"[^\"<]*\"|'[^'<]*')){%d}"
+                                  % (MAX_ATTRIBUTES + 1))
 
 # Refused before parsing; checked on the raw bytes, which is reliable because
 # the document is parsed as UTF-8 only (UTF-16 could hide these strings).
@@ -67,6 +87,11 @@ def parse_xml(data: bytes, source: str,
     if data.count(b"<") > MAX_ELEMENTS * 2:
         raise DescriptorError("%s: descriptor has more than %d elements"
                               % (source, MAX_ELEMENTS))
+    # Counted on the raw bytes, text included: never too few.
+    if data.count(b"xmlns") > MAX_NAMESPACE_DECLARATIONS:
+        raise DescriptorError("%s: descriptor has more than %d namespace declarations"
+                              % (source, MAX_NAMESPACE_DECLARATIONS))
+    _check_attribute_counts(data, source)
     try:
         root = etree.fromstring(data, _new_parser())
     except etree.XMLSyntaxError as err:
@@ -82,6 +107,18 @@ def parse_xml(data: bytes, source: str,
         raise DescriptorError("%s: DOCTYPE declarations are refused" % source)
     _check_shape(root, source)
     return root
+
+
+def _check_attribute_counts(data: bytes, source: str) -> None:
+    """Refuse a start tag with more than MAX_ATTRIBUTES attributes."""
+    for span in _LONG_MARKUP.finditer(data):
+        tag = _START_TAG.match(data, span.start())
+        if tag is not None and _TOO_MANY_ATTRIBUTES.match(data, tag.end()):
+            name = tag.group(1)[:60].decode("utf-8", "replace")
+            raise DescriptorError("%s: line %d: element %r has more than %d attributes"
+                                  " (namespace declarations included)"
+                                  % (source, data.count(b"\n", 0, span.start()) + 1, name,
+                                     MAX_ATTRIBUTES))
 
 
 def _syntax_error(source: str, err: object) -> DescriptorError:
