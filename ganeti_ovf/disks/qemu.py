@@ -19,11 +19,13 @@ import re
 import subprocess
 import tempfile
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from ganeti import errors as ganeti_errors
 from ganeti import utils
 
+from ganeti_ovf.disks import sparse
+from ganeti_ovf.disks.dumpfile import OpenedFile
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import Member
 
@@ -131,8 +133,10 @@ def _run(args: List[str], what: str, seconds: int = INFO_SECONDS,
 
 
 def _run_logged(args: List[str], what: str, seconds: int, fsize: Optional[int],
-                log_dir: str, progress: Optional[Progress]) -> None:
-    """Run a long qemu-img command, feeding its -p percentages to `progress`.
+                log_dir: str, progress: Optional[Progress],
+                inherit: Sequence[int] = ()) -> None:
+    """Run a long qemu-img command, feeding its -p percentages to `progress`;
+    the descriptors `inherit` stay open in it (named /proc/self/fd/N).
 
     RunCmd only returns output at the end, so it writes to a log file from a
     worker thread while this thread reads the file's newest percentage.
@@ -144,7 +148,8 @@ def _run_logged(args: List[str], what: str, seconds: int, fsize: Optional[int],
     def work() -> None:
         try:
             outcome["result"] = utils.RunCmd(_limits(seconds, fsize) + args, env=ENV,
-                                             reset_env=True, output=log)
+                                             reset_env=True, output=log,
+                                             noclose_fds=list(inherit) or None)
         except (ganeti_errors.GenericError, OSError) as err:
             outcome["error"] = err
 
@@ -336,24 +341,32 @@ def convert_into(member: Member, fmt: str, dest: str, dest_size: int,
                 progress)
 
 
-def convert_from_raw(src: str, fmt: str, dest: str, compress: bool = False,
+def convert_from_raw(src: sparse.Source, fmt: str, dest: str, compress: bool = False,
                      progress: Optional[Progress] = None,
                      hwversion: str = VMDK_HWVERSION,
                      adapter: str = VMDK_ADAPTER) -> None:
     """Write the raw disk `src` to the new file `dest` as raw, qcow2 or vmdk.
 
+    `src` is an OpenedFile (or a path, opened once by dumpfile's rules):
+    qemu-img inherits its descriptor and reads it as /proc/self/fd/N, so it
+    reads the file that was checked even if the path now names another.
     vmdk is streamOptimized (what VMware imports) with `adapter` and
     `hwversion` in its descriptor; `compress` asks qcow2 for compressed
     clusters.  Raises DiskError, leaving no `dest` behind.
     """
     if fmt not in WRITE_FORMATS:
         raise DiskError("%s: cannot write disk format %r" % (dest, fmt))
-    src, dest = os.path.abspath(src), os.path.abspath(dest)  # RunCmd runs in "/"
-    try:
-        stored = os.stat(src).st_size
-    except OSError as err:
-        raise DiskError("%s: cannot read: %s" % (src, err.strerror)) from None
-    args = ["convert", "-p", "-W", "-S", "4k", "-f", "raw", "-O", fmt]
+    with sparse.opened(src) as raw:
+        _convert_from_raw(raw, fmt, os.path.abspath(dest),  # RunCmd runs in "/"
+                          compress, progress, hwversion, adapter)
+
+
+def _convert_from_raw(src: OpenedFile, fmt: str, dest: str, compress: bool,
+                      progress: Optional[Progress], hwversion: str, adapter: str) -> None:
+    stored = src.size
+    # The raw driver has no backing file: the image names no other file.
+    args = ["convert", "-p", "-W", "-S", "4k", "--image-opts",
+            "driver=raw,file.driver=file,file.filename=%s" % src.proc_path, "-O", fmt]
     if fmt == "qcow2" and compress:
         args.append("-c")
     if fmt == "vmdk":
@@ -365,8 +378,8 @@ def convert_from_raw(src: str, fmt: str, dest: str, compress: bool = False,
     limit = stored + stored // 8 + 64 * 1024 ** 2
     _claim(dest)
     try:
-        _run_logged(args + [src, dest], src, seconds, limit, os.path.dirname(dest),
-                    progress)
+        _run_logged(args + [dest], src.path, seconds, limit, os.path.dirname(dest),
+                    progress, inherit=[src.fd])
     except BaseException:
         _remove(dest)
         raise
