@@ -287,6 +287,35 @@ def test_snapshot_survives_the_export_being_replaced(tmp_path, ganeti_export_dir
     assert imported_digest(tmp_path, done.output) == digest
 
 
+@pytest.mark.parametrize("linked", [True, False], ids=["linked", "copied"])
+@pytest.mark.parametrize("dump_mode, expected", [(0o600, 0o600), (0o644, 0o644)])
+def test_published_package_as_private_as_the_dumps(tmp_path, ganeti_export_dir, monkeypatch,
+                                                   linked, dump_mode, expected):
+    """Ganeti writes an instance's dumps 0600: the OVA the hook publishes is
+    0600 too (copied snapshots keep the dump's mode); readable dumps, 0644."""
+    export_path, _digest = ganeti_export_dir
+    copy = tmp_path / "export-copy"
+    copy.mkdir()
+    for name in os.listdir(export_path):
+        with open(os.path.join(export_path, name), "rb") as src:
+            (copy / name).write_bytes(src.read())
+    os.chmod(str(copy / "disk0.raw"), dump_mode)
+    def refuse(*_args, **_kwargs):
+        raise OSError(18, "Invalid cross-device link")
+    if not linked:
+        monkeypatch.setattr(os, "link", refuse)
+    job = make_job(tmp_path, str(copy), now=1_700_000_000.0)
+    monkeypatch.undo()
+    assert bool(job.pending) is not linked
+    old = os.umask(0)
+    try:
+        done = hook.run_job(job)
+    finally:
+        os.umask(old)
+    assert done.state == status.DONE, done.error
+    assert os.stat(done.output).st_mode & 0o777 == expected
+
+
 def test_running_conversion_shows_its_progress_in_status(tmp_path, ganeti_export_dir,
                                                           monkeypatch):
     export_path, _digest = ganeti_export_dir
