@@ -38,6 +38,10 @@ def test_regular_file_opened_with_its_identity(tmp_path):
     assert dump.fd == -1
     with pytest.raises(OSError):
         os.fstat(fd)
+    dump.close()  # twice: nothing more to close
+    with pytest.raises(DiskError) as info:
+        dump.check_unchanged()
+    assert str(info.value) == "%s: cannot check disk dump: Bad file descriptor" % path
 
 
 def test_symlink_refused_and_not_followed(tmp_path):
@@ -125,6 +129,7 @@ def test_rewrite_with_mtime_put_back_detected_by_ctime(tmp_path):
 
 @pytest.mark.parametrize("owner, mode, refused", [
     (0, 0o600, False),  # root's own file: only root writes it (Ganeti's dumps)
+    (0, 0o755, False),
     (0, 0o620, True),  # a group may write it
     (0, 0o602, True),
     (NOBODY, 0o600, True),  # its owner may rewrite it and put the mtime back
