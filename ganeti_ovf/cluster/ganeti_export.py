@@ -211,28 +211,18 @@ def _read_config(path: str, dir_fd: Optional[int]) -> bytes:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      dir_fd=dir_fd)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError("%s: not a regular file (a FIFO, socket or device is"
+                                  " refused)" % path)
+            raw = handle.read(_MAX_CONFIG_SIZE + 1)
     except OSError as err:
         raise ConfigError("%s: cannot read: %s%s" % (
             path, err.strerror, " (a symbolic link is refused)"
             if err.errno == errno.ELOOP else "")) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError("%s: not a regular file (a FIFO, socket or device is"
-                              " refused)" % path)
-        chunks, size = [], 0
-        while size <= _MAX_CONFIG_SIZE:
-            chunk = os.read(fd, _MAX_CONFIG_SIZE + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as err:
-        raise ConfigError("%s: cannot read: %s" % (path, err.strerror)) from None
-    finally:
-        os.close(fd)
-    if size > _MAX_CONFIG_SIZE:
+    if len(raw) > _MAX_CONFIG_SIZE:
         raise ConfigError("%s: larger than %d bytes" % (path, _MAX_CONFIG_SIZE))
-    return b"".join(chunks)
+    return raw
 
 
 class _ExportReader:
