@@ -211,11 +211,14 @@ def _read_config(path: str, dir_fd: Optional[int]) -> bytes:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      dir_fd=dir_fd)
-        with os.fdopen(fd, "rb") as handle:
+        try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise ConfigError("%s: not a regular file (a FIFO, socket or device is"
                                   " refused)" % path)
-            raw = handle.read(_MAX_CONFIG_SIZE + 1)
+            with open(fd, "rb", closefd=False) as handle:
+                raw = handle.read(_MAX_CONFIG_SIZE + 1)
+        finally:
+            os.close(fd)
     except OSError as err:
         raise ConfigError("%s: cannot read: %s%s" % (
             path, err.strerror, " (a symbolic link is refused)"
