@@ -131,16 +131,17 @@ def not_wider_mode(sources: Iterable[os.stat_result], gid: int) -> int:
     mode = FILE_MODE
     for info in sources:
         if not info.st_mode & stat.S_IRGRP or info.st_gid != gid:
-            mode &= ~0o070
+            mode &= ~stat.S_IRWXG
         if not info.st_mode & stat.S_IROTH:
-            mode &= ~0o007
+            mode &= ~stat.S_IRWXO
     return mode
 
 
 def directory_mode(file_mode: int) -> int:
     """A directory's mode for files of `file_mode`: searchable by whom may
     read them (0644: 0755, 0640: 0750, 0600: 0700)."""
-    return file_mode | (file_mode & 0o444) >> 2
+    readers = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+    return file_mode | (file_mode & readers) >> 2  # r to x: 4 to 1
 
 
 def clean_stale_staging(output_dir: str) -> list[str]:
