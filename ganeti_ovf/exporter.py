@@ -5,8 +5,14 @@ config.ini → model → disk files (written once, hashed as they are written)
 use the same modules.  An OVF folder is built in a staging directory and
 renamed into place; an OVA is written straight into its final file under a
 staging name (see package/ova_writer.py for how the descriptor can come first).
+
+The export directory is opened once, config.ini and each disk dump once from
+it (package/openfile.py: no link followed, nothing but a regular file), and
+every stage reads those descriptors; a dump that changed while it was read
+fails the export.  The result is readable by no more users than the dumps.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -19,9 +25,11 @@ from ganeti_ovf.package import manifest, signature
 from ganeti_ovf import plan, publish
 from ganeti_ovf.progress import Progress
 from ganeti_ovf.disks import deflate, gzipstream, qemu, sparse, vmdkstream
+from ganeti_ovf.package import openfile
+from ganeti_ovf.package.openfile import OpenedFile
 from ganeti_ovf.descriptor import versions
 from ganeti_ovf.descriptor.writer import write_descriptor
-from ganeti_ovf.errors import OptionError
+from ganeti_ovf.errors import DiskError, OptionError
 from ganeti_ovf.model import (COMPRESSION_GZIP, COMPRESSION_NONE, Appliance, Disk,
                               FileRef)
 from ganeti_ovf.package.ova_writer import MemberWriter, OvaWriter
@@ -69,6 +77,7 @@ class ExportRequest:
 class ExportResult:
     path: str
     appliance: Appliance
+    mode: int = publish.FILE_MODE  # of the OVA, or of the folder's files
 
 
 def normalise_format(value: str, feedback: Feedback) -> str:
@@ -132,10 +141,11 @@ class _Sink:
     """Where files go: a folder or an OVA; records each file's digest."""
 
     def __init__(self, directory: Optional[str], ova: Optional[OvaWriter],
-                 algorithm: Optional[str]) -> None:
+                 algorithm: Optional[str], mode: int = publish.FILE_MODE) -> None:
         self.directory = directory
         self.ova = ova
         self.algorithm = algorithm
+        self.mode = mode
         self.digests: dict = {}
 
     def write_file(self, name: str, produce: Callable[[BinaryIO], None]) -> int:
@@ -154,8 +164,9 @@ class _Sink:
     def open_file(self, name: str) -> Tuple[BinaryIO, MemberWriter]:
         """A new file of the folder, and the hashing writer in front of it."""
         path = os.path.join(self.directory, name)
-        # 0644 as in an OVA; the staging directory (0700) hides it until published.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        # The published mode already; the staging directory (0700) hides it
+        # until published.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, self.mode)
         handle = os.fdopen(fd, "wb", buffering=_COPY_BLOCK)
         return handle, MemberWriter(handle, self.algorithm)
 
@@ -229,11 +240,12 @@ class _ChunkSplitter:
             self._handle, self._member = None, None
 
 
-def _disk_producer(request: ExportRequest, source: str, capacity: int, href: str,
+def _disk_producer(request: ExportRequest, source: OpenedFile, capacity: int, href: str,
                    scratch: str, feedback: Feedback,
                    progress: Optional[Callable[[float], None]] = None
                    ) -> Callable[[BinaryIO], None]:
-    """A function writing one disk's stored bytes (format, then gzip) to `out`;
+    """A function writing one disk's stored bytes (format, then gzip) to `out`
+    from the open dump `source`, which must not change meanwhile;
     progress(percent) follows the VMDK writer."""
     fmt = request.disk_format
 
@@ -264,6 +276,7 @@ def _disk_producer(request: ExportRequest, source: str, capacity: int, href: str
                 gzip_out.abort()
         else:
             produce_format(out)
+        source.check_unchanged()  # the bytes written and hashed are the dump's
     return produce
 
 
@@ -286,19 +299,40 @@ def export_package(request: ExportRequest, feedback: Feedback,
     """Convert a Ganeti export into an OVF package or an OVA."""
     check_request(request)
     config_path = ganeti_export.find_config(request.source, request.export_dir)
-    export = ganeti_export.read_export(config_path)
+    with contextlib.ExitStack() as opened:
+        export, dumps = _open_export(config_path, opened)
+        return _export(request, export, dumps, feedback, progress_stream)
+
+
+def _open_export(config_path: str, opened: contextlib.ExitStack
+                 ) -> Tuple[ganeti_export.GanetiExport, list]:
+    """The export of `config_path` and its disk dumps, each opened once from
+    one descriptor of the export directory (closed by `opened`)."""
+    directory = openfile.open_directory(os.path.dirname(os.path.abspath(config_path)),
+                                        DiskError)
+    try:
+        export = ganeti_export.read_export(config_path, dir_fd=directory)
+        dumps = [opened.enter_context(openfile.open_regular(
+                     ganeti_export.dump_path(export, disk), "disk dump", dir_fd=directory,
+                     error=DiskError))
+                 for disk in export.disks]
+    finally:
+        os.close(directory)
+    return export, dumps
+
+
+def _export(request: ExportRequest, export: ganeti_export.GanetiExport, sources: list,
+            feedback: Feedback, progress_stream: Optional[TextIO]) -> ExportResult:
     system = export.system
     name = plan.instance_name(request.name or system.name)
     output_dir = publish.output_directory(request.output_dir)
     for stale in publish.clean_stale_staging(output_dir):
         feedback("Removed staging left by an interrupted run: %s" % stale)
 
-    sources = [ganeti_export.dump_path(export, disk) for disk in export.disks]
     # Old exports may give no size (the dump decides) or a dump that is not
     # whole sectors; a guest disk is, so the capacity is rounded up.
-    capacities = [_round_up(max(disk.size_mib * ganeti_export.MIB, os.stat(path).st_size),
-                            _SECTOR)
-                  for disk, path in zip(export.disks, sources, strict=True)]
+    capacities = [_round_up(max(disk.size_mib * ganeti_export.MIB, dump.size), _SECTOR)
+                  for disk, dump in zip(export.disks, sources, strict=True)]
     ext = EXTENSIONS[request.disk_format] + (".gz" if request.compress else "")
     hrefs = ["%s-disk%d.%s" % (name, index, ext) for index in range(len(sources))]
     descriptor_name, manifest_name = name + ".ovf", name + ".mf"
@@ -313,6 +347,8 @@ def export_package(request: ExportRequest, feedback: Feedback,
     with publish.Staging(output_dir, target_name) as staging, \
             publish.name_lock(output_dir, target_name):
         _check_absent(staging.target, request.force)  # again, under the lock
+        mode = publish.not_wider_mode([dump.info for dump in sources],
+                                      staging.new_file_gid())
         ova = None
         if request.ova:
             reserved = [(descriptor_name, _descriptor_room(request, export, name, hrefs,
@@ -327,7 +363,8 @@ def export_package(request: ExportRequest, feedback: Feedback,
             ova = OvaWriter(staging.file(target_name), reserved,
                             digest=request.manifest_algorithm)
         try:
-            sink = _Sink(None if ova else staging.path, ova, request.manifest_algorithm)
+            sink = _Sink(None if ova else staging.path, ova, request.manifest_algorithm,
+                         mode)
             line = Progress(progress_stream, capacities)
             try:
                 stored_sizes, file_names = _write_disks(request, sources, capacities, hrefs,
@@ -347,6 +384,8 @@ def export_package(request: ExportRequest, feedback: Feedback,
                 cert_bytes = signature.sign_manifest(
                     manifest_name, manifest_bytes, request.sign_key, request.sign_cert,
                     request.manifest_algorithm.upper())
+            for dump in sources:  # none changed after its disk was written either
+                dump.check_unchanged()
             if ova is not None:
                 ova.fill(descriptor_name, descriptor)
                 if manifest_bytes is not None:
@@ -354,18 +393,18 @@ def export_package(request: ExportRequest, feedback: Feedback,
                 if cert_bytes is not None:
                     ova.fill(cert_name, _pad(cert_bytes, ova, cert_name))
                 ova.close()
-                path = staging.publish_file(target_name, replace=request.force)
+                path = staging.publish_file(target_name, replace=request.force, mode=mode)
             else:
-                _write_new(staging.file(descriptor_name), descriptor)
+                _write_new(staging.file(descriptor_name), descriptor, mode)
                 if manifest_bytes is not None:
-                    _write_new(staging.file(manifest_name), manifest_bytes)
+                    _write_new(staging.file(manifest_name), manifest_bytes, mode)
                 if cert_bytes is not None:
-                    _write_new(staging.file(cert_name), cert_bytes)
-                path = staging.publish_directory(replace=request.force)
+                    _write_new(staging.file(cert_name), cert_bytes, mode)
+                path = staging.publish_directory(replace=request.force, mode=mode)
         finally:
             if ova is not None:
                 ova.abort()  # a no-op once closed; the staging removal does the rest
-    return ExportResult(path=path, appliance=appliance)
+    return ExportResult(path=path, appliance=appliance, mode=mode)
 
 
 def _write_disks(request: ExportRequest, sources: list, capacities: list, hrefs: list,
@@ -474,7 +513,7 @@ def _check_member_names(names: list) -> None:
                               " (choose a shorter --name)" % (member, _USTAR_NAME_BYTES))
 
 
-def _write_new(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+def _write_new(path: str, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)

@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -94,9 +95,13 @@ def snapshot(export_path: str, spool: str) -> tuple:
 
 
 def _copy_fd(fd: int, dest: str) -> None:
-    """Copy an open file, leaving holes where the source reads as zeros."""
+    """Copy an open file, leaving holes where the source reads as zeros, with
+    the source's permissions (the export's mode is derived from them)."""
     os.lseek(fd, 0, os.SEEK_SET)
-    with open(dest, "wb") as out:
+    mode = stat.S_IMODE(os.fstat(fd).st_mode) & 0o666
+    out_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    os.fchmod(out_fd, mode | 0o600)
+    with os.fdopen(out_fd, "wb") as out:
         while True:
             block = os.read(fd, _COPY_BLOCK)
             if not block:
@@ -210,8 +215,8 @@ def _convert(job: Job, progress_stream=None) -> str:
             request, lambda message: logging.info("%s: %s", record.conversion_id,
                                                   printable(message)),
             progress_stream)
-        if config.ova:
-            return staging.publish_file(os.path.basename(result.path))
+        if config.ova:  # as private as the instance's dumps (result.mode)
+            return staging.publish_file(os.path.basename(result.path), mode=result.mode)
         publish.rename_noreplace(result.path, staging.target)
         return staging.target
 

@@ -16,6 +16,10 @@ root's writes onto any file.  Every directory on the way must belong to root
 by nobody else, except
 root's sticky directories such as /tmp, where others cannot move our
 entries.  The path is resolved once and only the resolved path is used.
+
+What is published is never readable by more users than its sources
+(not_wider_mode): 0644 for an export of world-readable dumps, 0600 (and a
+0700 folder) for Ganeti's own, which are private.
 """
 
 import ctypes
@@ -25,13 +29,14 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from ganeti import errors, runtime
 
 from ganeti_ovf.errors import PublishError
 
+FILE_MODE = 0o644  # what a result's files get from sources anybody may read
 STAGING_PREFIX = ".gnt-ovf-staging-"
 LOCK_PREFIX = ".gnt-ovf-lock-"
 _RENAME_NOREPLACE = 1
@@ -115,6 +120,28 @@ def output_directory(path: str) -> str:
                                " who could redirect what gnt-ovf writes there"
                                % (current, problem))
     return resolved
+
+
+def not_wider_mode(sources: Iterable[os.stat_result], gid: int) -> int:
+    """The mode of a result made of `sources` (an export's disk dumps), in a
+    file of group `gid`: FILE_MODE without the read permissions some source
+    does not grant.  The group may read only if every source is readable by
+    that same group, others only if every source is readable by others; so
+    an instance's private (0600) disks never become a world-readable OVA."""
+    mode = FILE_MODE
+    for info in sources:
+        if not info.st_mode & stat.S_IRGRP or info.st_gid != gid:
+            mode &= ~stat.S_IRWXG
+        if not info.st_mode & stat.S_IROTH:
+            mode &= ~stat.S_IRWXO
+    return mode
+
+
+def directory_mode(file_mode: int) -> int:
+    """A directory's mode for files of `file_mode`: searchable by whom may
+    read them (0644: 0755, 0640: 0750, 0600: 0700)."""
+    readers = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+    return file_mode | (file_mode & readers) >> 2  # r to x: 4 to 1
 
 
 def clean_stale_staging(output_dir: str) -> list[str]:
@@ -209,6 +236,11 @@ class Staging:
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return self
 
+    def new_file_gid(self) -> int:
+        """The group a file created in the staging directory gets."""
+        info = os.fstat(self._fd)
+        return info.st_gid if info.st_mode & stat.S_ISGID else os.getegid()
+
     def file(self, name: str) -> str:
         """The path of `name` inside the staging directory."""
         return os.path.join(self.path, name)
@@ -219,11 +251,12 @@ class Staging:
         os.makedirs(path, mode=0o700, exist_ok=True)
         return path
 
-    def publish_directory(self, replace: bool = False) -> str:
-        """Publish the staging directory itself as `target`."""
+    def publish_directory(self, replace: bool = False, mode: int = FILE_MODE) -> str:
+        """Publish the staging directory itself as `target`, searchable by
+        whom its files' `mode` lets read them."""
         shutil.rmtree(os.path.join(self.path, ".scratch"), ignore_errors=True)
         self._fsync_tree(self.path)
-        os.chmod(self.path, 0o755)
+        os.chmod(self.path, directory_mode(mode))
         old = self._move_aside(replace)
         rename_noreplace(self.path, self.target)
         self._published = True
@@ -231,12 +264,12 @@ class Staging:
         _fsync_dir(self.output_dir)
         return self.target
 
-    def publish_file(self, name: str, replace: bool = False) -> str:
-        """Publish one file of the staging directory as `target`."""
+    def publish_file(self, name: str, replace: bool = False, mode: int = FILE_MODE) -> str:
+        """Publish one file of the staging directory as `target`, with `mode`."""
         source = self.file(name)
         with open(source, "rb") as handle:
             os.fsync(handle.fileno())
-        os.chmod(source, 0o644)
+        os.chmod(source, mode)
         old = self._move_aside(replace)
         rename_noreplace(source, self.target)
         _remove(old)

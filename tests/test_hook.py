@@ -19,7 +19,7 @@ import pytest
 from nscluster import NODE, ROOT
 from packaging import MIB, build_package, run_gnt_ovf, sha256_file
 
-from ganeti_ovf import hook
+from ganeti_ovf import exporter, hook
 from ganeti_ovf.cluster import hook_config, status
 from ganeti_ovf.cluster.hook_config import HookConfig, HookError, HookEvent
 from ganeti_ovf.progress import Progress
@@ -272,18 +272,70 @@ def test_worker_ovf_folder_keep_all(tmp_path, ganeti_export_dir):
     assert imported_digest(tmp_path, str(folder / "inst1.example.com.ovf")) == digest
 
 
-def test_snapshot_survives_the_export_being_replaced(tmp_path, ganeti_export_dir):
-    export_path, digest = ganeti_export_dir
+def copy_export(export_path, tmp_path):
+    """A copy of the export that a test may change (the fixture is shared)."""
     copy = tmp_path / "export-copy"
     copy.mkdir()
     for name in os.listdir(export_path):
         with open(os.path.join(export_path, name), "rb") as src:
             (copy / name).write_bytes(src.read())
+    return copy
+
+
+def test_snapshot_survives_the_export_being_replaced(tmp_path, ganeti_export_dir):
+    export_path, digest = ganeti_export_dir
+    copy = copy_export(export_path, tmp_path)
     job = make_job(tmp_path, str(copy), now=1_700_000_000.0)
     for name in os.listdir(copy):  # what the next gnt-backup export does
         os.unlink(copy / name)
     done = hook.run_job(job)
     assert done.state == status.DONE
+    assert imported_digest(tmp_path, done.output) == digest
+
+
+@pytest.mark.parametrize("linked", [True, False], ids=["linked", "copied"])
+@pytest.mark.parametrize("dump_mode, expected", [(0o600, 0o600), (0o644, 0o644)])
+def test_published_package_as_private_as_the_dumps(tmp_path, ganeti_export_dir, monkeypatch,
+                                                   linked, dump_mode, expected):
+    """Ganeti writes an instance's dumps 0600: the OVA the hook publishes is
+    0600 too (copied snapshots keep the dump's mode); readable dumps, 0644."""
+    export_path, _digest = ganeti_export_dir
+    copy = copy_export(export_path, tmp_path)
+    os.chmod(str(copy / "disk0.raw"), dump_mode)
+
+    def refuse(*_args, **_kwargs):
+        raise OSError(18, "Invalid cross-device link")
+    if not linked:
+        monkeypatch.setattr(os, "link", refuse)
+    job = make_job(tmp_path, str(copy), now=1_700_000_000.0)
+    monkeypatch.undo()
+    assert bool(job.pending) is not linked
+    old = os.umask(0)
+    try:
+        done = hook.run_job(job)
+    finally:
+        os.umask(old)
+    assert done.state == status.DONE, done.error
+    assert os.stat(done.output).st_mode & 0o777 == expected
+
+
+def test_export_replaced_while_its_snapshot_is_converted(tmp_path, ganeti_export_dir,
+                                                        monkeypatch):
+    """Ganeti's next export removes the files the snapshot links to while the
+    worker reads them: only their ctime moves (root's own dumps), and the
+    conversion completes with the snapshot's bytes."""
+    export_path, digest = ganeti_export_dir
+    copy = copy_export(export_path, tmp_path)
+    job = make_job(tmp_path, str(copy), now=1_700_000_000.0)
+    real = exporter._disk_producer
+
+    def producer(*args, **kwargs):
+        for name in os.listdir(copy):
+            os.unlink(copy / name)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(exporter, "_disk_producer", producer)
+    done = hook.run_job(job)
+    assert done.state == status.DONE, done.error
     assert imported_digest(tmp_path, done.output) == digest
 
 

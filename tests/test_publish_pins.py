@@ -54,6 +54,62 @@ def test_published_file_mode_and_result(tmp_path, no_umask):
     assert os.listdir(str(tmp_path)) == ["vm.ova"]
 
 
+def test_published_with_a_narrower_mode(tmp_path, no_umask):
+    with publish.Staging(str(tmp_path), "vm.ova") as staging:
+        open(staging.file("vm.ova"), "w").close()
+        staging.publish_file("vm.ova", mode=0o640)
+    assert mode(tmp_path / "vm.ova") == 0o640
+    with publish.Staging(str(tmp_path), "inst") as staging:
+        staging.publish_directory(mode=0o600)
+    assert mode(tmp_path / "inst") == 0o700
+
+
+def stat_of(st_mode: int, st_gid: int = 0) -> os.stat_result:
+    return os.stat_result((st_mode, 0, 0, 1, 0, st_gid, 0, 0, 0, 0))
+
+
+@pytest.mark.parametrize("sources, gid, expected", [
+    ([], 0, 0o644),  # no dump: what results always got
+    ([0o644], 0, 0o644),
+    ([0o777], 0, 0o644),  # never wider than 0644
+    ([0o600], 0, 0o600),
+    ([0o400], 0, 0o600),  # the owner (root) always reads and writes its result
+    ([0o640], 0, 0o640),
+    ([0o640], 5, 0o600),  # the dump's group is not the result's
+    ([0o604], 0, 0o604),
+    ([0o044], 0, 0o644),
+    ([0o644, 0o640], 0, 0o640),  # every source must grant it
+    ([0o644, 0o604], 0, 0o604),
+    ([0o604, 0o640], 0, 0o600),
+    ([0o020, 0o002], 0, 0o600),  # write bits give no read
+])
+def test_not_wider_mode(sources, gid, expected):
+    assert publish.not_wider_mode([stat_of(0o100000 | m) for m in sources], gid) == expected
+
+
+def test_not_wider_mode_compares_each_sources_group():
+    sources = [stat_of(0o100640, 0), stat_of(0o100640, 7)]
+    assert publish.not_wider_mode(sources, 0) == 0o600
+    assert publish.not_wider_mode(sources[:1], 0) == 0o640
+
+
+@pytest.mark.parametrize("file_mode, directory", [
+    (0o644, 0o755), (0o640, 0o750), (0o600, 0o700), (0o604, 0o705), (0o400, 0o500)])
+def test_directory_mode_follows_its_files(file_mode, directory):
+    assert publish.directory_mode(file_mode) == directory
+
+
+def test_new_files_group(tmp_path):
+    with publish.Staging(str(tmp_path), "inst") as staging:
+        assert staging.new_file_gid() == os.getegid()
+        os.chown(staging.path, -1, 7)
+        assert staging.new_file_gid() == os.getegid()  # not set-group-ID
+        os.chmod(staging.path, 0o2700)
+        assert staging.new_file_gid() == 7
+        open(staging.file("x"), "w").close()
+        assert os.stat(staging.file("x")).st_gid == 7
+
+
 def test_published_file_replaces_only_when_asked(tmp_path):
     (tmp_path / "vm.ova").write_text("old")
     with publish.Staging(str(tmp_path), "vm.ova") as staging:

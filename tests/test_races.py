@@ -17,6 +17,7 @@ from packaging import MIB, build_package, sha256_file
 from ganeti_ovf import importer
 from ganeti_ovf.disks import convert
 from ganeti_ovf.errors import OvfError
+from ganeti_ovf.package import openfile
 from ganeti_ovf.plan import ImportOverrides
 
 SECRET = b"root-only secret\n" * 65536  # 1.1 MiB: longer than the disk's first read
@@ -157,7 +158,7 @@ def test_package_rewritten_in_place_during_the_conversion_is_refused(
     out = str(tmp_path / "out")
     with pytest.raises(OvfError) as info:
         importer.import_package(request(path, out), lambda message: None)
-    assert "the file changed while it was read" in str(info.value)
+    assert "file changed while it was read" in str(info.value)
     assert "nothing read from it is used" in str(info.value)
     assert published(out) == []
 
@@ -170,5 +171,5 @@ def test_a_fifo_disk_is_refused_at_open_without_reading(tmp_path):
     out = str(tmp_path / "out")
     with pytest.raises(OvfError) as info:
         importer.import_package(request(path, out), lambda message: None)
-    assert str(info.value) == "%s: not a regular file (a FIFO refused)" % disk
+    assert str(info.value) == "%s: file is a FIFO: refused, %s" % (disk, openfile.RULE)
     assert published(out) == []

@@ -14,6 +14,7 @@ Ganeti's own objects.SerializableConfigParser.
 """
 
 import configparser
+import errno
 import os
 import stat
 import time
@@ -187,15 +188,11 @@ def find_config(source: str, export_dir: str) -> str:
     return path
 
 
-def read_export(config_path: str) -> GanetiExport:
-    """Read a Ganeti export (3.0 or older layout) into the model."""
-    try:
-        with open(config_path, "rb") as handle:
-            raw = handle.read(_MAX_CONFIG_SIZE + 1)
-    except OSError as err:
-        raise ConfigError("%s: cannot read: %s" % (config_path, err.strerror))
-    if len(raw) > _MAX_CONFIG_SIZE:
-        raise ConfigError("%s: larger than %d bytes" % (config_path, _MAX_CONFIG_SIZE))
+def read_export(config_path: str, dir_fd: Optional[int] = None) -> GanetiExport:
+    """Read a Ganeti export (3.0 or older layout) into the model; with
+    `dir_fd`, config.ini is the base name of `config_path` in that open
+    directory (the one its dumps are then opened from)."""
+    raw = _read_config(config_path, dir_fd)
     try:
         text = raw.decode("utf-8")
         parser = objects.SerializableConfigParser()
@@ -205,6 +202,30 @@ def read_export(config_path: str) -> GanetiExport:
         raise ConfigError("%s: not a Ganeti export configuration: %s"
                           % (config_path, first))
     return _ExportReader(config_path, parser).read()
+
+
+def _read_config(path: str, dir_fd: Optional[int]) -> bytes:
+    """The bytes of config.ini, opened once: no link followed, no waiting on
+    a FIFO, a regular file only, at most _MAX_CONFIG_SIZE bytes."""
+    name = path if dir_fd is None else os.path.basename(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError("%s: not a regular file (a FIFO, socket or device is"
+                                  " refused)" % path)
+            with open(fd, "rb", closefd=False) as handle:
+                raw = handle.read(_MAX_CONFIG_SIZE + 1)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise ConfigError("%s: cannot read: %s%s" % (
+            path, err.strerror, " (a symbolic link is refused)"
+            if err.errno == errno.ELOOP else "")) from None
+    if len(raw) > _MAX_CONFIG_SIZE:
+        raise ConfigError("%s: larger than %d bytes" % (path, _MAX_CONFIG_SIZE))
+    return raw
 
 
 class _ExportReader:
@@ -355,20 +376,12 @@ class _ExportReader:
 
 
 def dump_path(export: GanetiExport, disk: ExportedDisk) -> str:
-    """The dump file of `disk`, which must be a regular file (no link)."""
+    """The path of `disk`'s dump file, a bare name inside the export
+    directory (read_export checked it).  Not opened here: the exporter opens
+    it once (package/openfile.py), refusing a link or anything but a file."""
     if disk.dump is None:
         raise ConfigError("%s: a disk has no dump file" % export.directory)
-    path = os.path.join(export.directory, disk.dump)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as err:
-        raise ConfigError("%s: cannot open disk dump: %s" % (path, err.strerror))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError("%s: disk dump is not a regular file" % path)
-    finally:
-        os.close(fd)
-    return path
+    return os.path.join(export.directory, disk.dump)
 
 
 def under_export_dir(path: str, export_dir: str) -> bool:

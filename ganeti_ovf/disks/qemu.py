@@ -25,6 +25,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Unio
 from ganeti import errors as ganeti_errors
 from ganeti import utils
 
+from ganeti_ovf.disks import sparse
+from ganeti_ovf.package.openfile import OpenedFile
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import Member
 
@@ -124,14 +126,14 @@ def _fail_reason(what: str, result: Any, seconds: int) -> DiskError:
 
 
 def _run(args: List[str], what: str, seconds: int = INFO_SECONDS,
-         fsize: Optional[int] = None, fds: Sequence[int] = ()) -> Any:
+         fsize: Optional[int] = None, inherit: Sequence[int] = ()) -> Any:
     """Run qemu-img with `args` under limits, passing it the descriptors
-    `fds`; its RunResult if it succeeded."""
+    `inherit`; its RunResult if it succeeded."""
     try:
         # coreutils timeout (_limits) enforces the time limit: RunCmd's own
         # timeout would poll in 1 s sleeps once the child closes its pipes.
         result = utils.RunCmd(_limits(seconds, fsize) + args, env=ENV, reset_env=True,
-                              noclose_fds=list(fds) or None)
+                              noclose_fds=list(inherit) or None)
     except (ganeti_errors.GenericError, OSError) as err:
         raise DiskError("%s: cannot run qemu-img: %s" % (what, err)) from None
     if result.failed:
@@ -140,8 +142,10 @@ def _run(args: List[str], what: str, seconds: int = INFO_SECONDS,
 
 
 def _run_logged(args: List[str], what: str, seconds: int, fsize: Optional[int],
-                log_dir: str, progress: Optional[Progress], fds: Sequence[int] = ()) -> None:
-    """Run a long qemu-img command, feeding its -p percentages to `progress`.
+                log_dir: str, progress: Optional[Progress],
+                inherit: Sequence[int] = ()) -> None:
+    """Run a long qemu-img command, feeding its -p percentages to `progress`;
+    the descriptors `inherit` stay open in it (named /proc/self/fd/N).
 
     RunCmd only returns output at the end, so it writes to a log file from a
     worker thread while this thread reads the file's newest percentage.
@@ -154,7 +158,7 @@ def _run_logged(args: List[str], what: str, seconds: int, fsize: Optional[int],
         try:
             outcome["result"] = utils.RunCmd(_limits(seconds, fsize) + args, env=ENV,
                                              reset_env=True, output=log,
-                                             noclose_fds=list(fds) or None)
+                                             noclose_fds=list(inherit) or None)
         except (ganeti_errors.GenericError, OSError) as err:
             outcome["error"] = err
 
@@ -211,7 +215,7 @@ def info(member: Member, fmt: str, expected_size: Optional[int] = None) -> Dict[
     """
     what = member.name
     data = _json(_run(["info", "--output=json", image_source(member, fmt)], what,
-                      fds=[member.fd]), what)
+                      inherit=[member.fd]), what)
     problems = []
     if data.get("format") != fmt:
         problems.append("format is %r, not %r" % (data.get("format"), fmt))
@@ -319,7 +323,7 @@ def convert_to_raw(member: Member, fmt: str, dest: str,
         _run_logged(["convert", "-p", "-W", "-S", "4k", image_source(member, fmt),
                      "-O", "raw", dest],
                     member.name, seconds, limit, os.path.dirname(dest), progress,
-                    fds=[member.fd])
+                    inherit=[member.fd])
     except BaseException:
         _remove(dest)
         raise
@@ -343,27 +347,35 @@ def convert_into(member: Member, fmt: str, dest: str, dest_size: int,
         args.append("--target-is-zero")
     _run_logged(args + [os.path.abspath(dest)], member.name,
                 _convert_seconds(member.size, virtual_size), dest_size, log_dir,
-                progress, fds=[member.fd])
+                progress, inherit=[member.fd])
 
 
-def convert_from_raw(src: str, fmt: str, dest: str, compress: bool = False,
+def convert_from_raw(src: sparse.Source, fmt: str, dest: str, compress: bool = False,
                      progress: Optional[Progress] = None,
                      hwversion: str = VMDK_HWVERSION,
                      adapter: str = VMDK_ADAPTER) -> None:
     """Write the raw disk `src` to the new file `dest` as raw, qcow2 or vmdk.
 
+    `src` is an OpenedFile (or a path, opened once: package/openfile.py):
+    qemu-img inherits its descriptor and reads it as /proc/self/fd/N, so it
+    reads the file that was checked even if the path now names another.
     vmdk is streamOptimized (what VMware imports) with `adapter` and
     `hwversion` in its descriptor; `compress` asks qcow2 for compressed
     clusters.  Raises DiskError, leaving no `dest` behind.
     """
     if fmt not in WRITE_FORMATS:
         raise DiskError("%s: cannot write disk format %r" % (dest, fmt))
-    src, dest = os.path.abspath(src), os.path.abspath(dest)  # RunCmd runs in "/"
-    try:
-        stored = os.stat(src).st_size
-    except OSError as err:
-        raise DiskError("%s: cannot read: %s" % (src, err.strerror)) from None
-    args = ["convert", "-p", "-W", "-S", "4k", "-f", "raw", "-O", fmt]
+    with sparse.opened(src) as raw:
+        _convert_from_raw(raw, fmt, os.path.abspath(dest),  # RunCmd runs in "/"
+                          compress, progress, hwversion, adapter)
+
+
+def _convert_from_raw(src: OpenedFile, fmt: str, dest: str, compress: bool,
+                      progress: Optional[Progress], hwversion: str, adapter: str) -> None:
+    stored = src.size
+    # The raw driver has no backing file: the image names no other file.
+    args = ["convert", "-p", "-W", "-S", "4k", "--image-opts",
+            "driver=raw,file.driver=file,file.filename=%s" % src.proc_path, "-O", fmt]
     if fmt == "qcow2" and compress:
         args.append("-c")
     if fmt == "vmdk":
@@ -375,8 +387,8 @@ def convert_from_raw(src: str, fmt: str, dest: str, compress: bool = False,
     limit = stored + stored // 8 + 64 * 1024 ** 2
     _claim(dest)
     try:
-        _run_logged(args + [src, dest], src, seconds, limit, os.path.dirname(dest),
-                    progress)
+        _run_logged(args + [dest], src.path, seconds, limit, os.path.dirname(dest),
+                    progress, inherit=[src.fd])
     except BaseException:
         _remove(dest)
         raise

@@ -10,13 +10,15 @@ skipped too, so an export allocates what the guest wrote, not the disk size.
 
 import errno
 import os
-import stat
-from typing import Iterator, Protocol, Tuple
+from typing import ContextManager, Iterator, Protocol, Tuple, Union
 
+from ganeti_ovf.package import openfile
+from ganeti_ovf.package.openfile import OpenedFile
 from ganeti_ovf.errors import DiskError
 
 BLOCK = 1024 * 1024  # read unit; aligned, so a zero block is a whole hole
 ZERO_BLOCK = bytes(BLOCK)
+Source = Union[str, OpenedFile]
 
 
 class HoleWriter(Protocol):
@@ -48,31 +50,22 @@ def data_runs(fd: int, size: int, path: str) -> Iterator[Tuple[int, int]]:
         pos = end
 
 
-def open_source(path: str) -> Tuple[int, int]:
-    """(descriptor, size) of a regular file or block device to read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise DiskError(f"{path}: cannot open: {err.strerror}")
-    try:
-        mode = os.fstat(fd).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-            raise DiskError(f"{path}: not a regular file or block device")
-        return fd, os.lseek(fd, 0, os.SEEK_END)  # st_size is 0 for devices
-    except BaseException:
-        os.close(fd)
-        raise
+def opened(source: Source, label: str = "source") -> ContextManager[OpenedFile]:
+    """`source` as an open regular file: an OpenedFile is used as it is (and
+    left open), a path is opened once for the duration (package/openfile.py)."""
+    return openfile.opened(source, label, DiskError)
 
 
-def copy(path: str, out: HoleWriter, length: int = -1) -> int:
-    """Copy the raw file `path` into `out`, holes and zero blocks as skips.
+def copy(source: Source, out: HoleWriter, length: int = -1) -> int:
+    """Copy the raw file `source` (an OpenedFile, read through its descriptor,
+    or a path) into `out`, holes and zero blocks as skips.
 
     `length` (default: the source size) may exceed the source: the rest is
     a hole.  Returns the bytes covered (`length`).  A source that shrinks
     while read is a DiskError; one that grows is read to `length` only.
     """
-    fd, size = open_source(path)
-    try:
+    with opened(source) as raw:
+        fd, size, path = raw.fd, raw.size, raw.path
         if length < 0:
             length = size
         size = min(size, length)
@@ -100,5 +93,3 @@ def copy(path: str, out: HoleWriter, length: int = -1) -> int:
         if length > position:
             out.skip(length - position)
         return length
-    finally:
-        os.close(fd)

@@ -296,7 +296,7 @@ def _check_options(threads: int, adapter_type: str, hw_version: int,
                           " without double quotes")
 
 
-def write_stream_optimized(source_path: str, out: BinaryIO, *,
+def write_stream_optimized(source: sparse.Source, out: BinaryIO, *,
                            capacity: Optional[int] = None,
                            threads: int = 0,
                            level: int = 1,
@@ -305,7 +305,8 @@ def write_stream_optimized(source_path: str, out: BinaryIO, *,
                            hw_version: int = 4,
                            name: Optional[str] = None,
                            backend: Optional[str] = None) -> int:
-    """Write source_path (a raw image) to out as a streamOptimized VMDK.
+    """Write source (a raw image: an OpenedFile, read through its descriptor
+    only, or a path, opened once) to out as a streamOptimized VMDK.
 
     out only receives sequential writes from its current position (it may
     be an OVA tar member being filled) and is never sought or told; wrap it
@@ -320,12 +321,13 @@ def write_stream_optimized(source_path: str, out: BinaryIO, *,
     Returns the number of bytes written.  Raises DiskError for an unreadable
     source, a bad capacity or a failed write; OptionError for bad options.
     """
-    name = _default_name(source_path) if name is None else name
+    if name is None:
+        name = _default_name(source if isinstance(source, str) else source.path)
     _check_options(threads, adapter_type, hw_version, name)
     make_compressor = deflate.compressor_factory(level, backend)
     threads = min(threads or os.cpu_count() or 1, MAX_THREADS)
-    fd, size = sparse.open_source(source_path)
-    try:
+    with sparse.opened(source) as raw:
+        fd, size, source_path = raw.fd, raw.size, raw.path
         if capacity is None:
             capacity = _round_up(size, SECTOR)
         if isinstance(capacity, bool) or not isinstance(capacity, int) \
@@ -338,8 +340,6 @@ def write_stream_optimized(source_path: str, out: BinaryIO, *,
         return _stream(fd, source_path, size, out, capacity, threads,
                        make_compressor, progress, adapter_type, hw_version,
                        name)
-    finally:
-        os.close(fd)
 
 
 def _stream(fd: int, path: str, size: int, out: BinaryIO, capacity: int,

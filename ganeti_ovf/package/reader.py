@@ -354,7 +354,7 @@ class _OvaPackage(Package):
         found = self._members.get(name)
         if found is None:
             raise PackageError("%s: no such member in the archive" % self.label(name))
-        return Member(name, self.archive.label, found.offset, found.size, self.archive.fd)
+        return Member(name, self.archive.path, found.offset, found.size, self.archive.fd)
 
     def _manifest_name(self, extension: str) -> Optional[str]:
         return self._companions[extension]
@@ -458,7 +458,7 @@ def _gunzip(source: OpenedFile, staging_dir: str, cap: Optional[int] = None) -> 
     The copy is unlinked at once: it lives while its descriptor is open, and
     nobody can reach it by name.
     """
-    path = source.label
+    path = source.path
     try:
         fd, staged = tempfile.mkstemp(prefix=".ova-", suffix=".tar", dir=staging_dir)
         os.unlink(staged)

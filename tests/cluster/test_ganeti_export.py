@@ -8,7 +8,8 @@ from conftest import CORPUS, ROOT
 from ganeti import constants, objects
 
 from ganeti_ovf.cluster import ganeti_export
-from ganeti_ovf.errors import ConfigError
+from ganeti_ovf.package import openfile
+from ganeti_ovf.errors import ConfigError, DiskError
 from ganeti_ovf.cluster.ganeti_export import ExportedDisk, build_config, read_export, size_to_mib
 from ganeti_ovf.model import GanetiSettings, Nic, VirtualSystem
 
@@ -128,8 +129,10 @@ def test_broken_corpus_configs(name, message):
 
 def test_missing_dump_is_reported():
     export = read_export(os.path.join(GANETI_CORPUS, "no_disk.ini"))
-    with pytest.raises(ConfigError, match="iamnothere.raw: cannot open"):
-        ganeti_export.dump_path(export, export.disks[0])
+    path = ganeti_export.dump_path(export, export.disks[0])
+    assert path == os.path.join(GANETI_CORPUS, "iamnothere.raw")
+    with pytest.raises(DiskError, match="iamnothere.raw: cannot open disk dump"):
+        openfile.open_regular(path, "disk dump", error=DiskError)
 
 
 def test_dump_symlink_refused(tmp_path):
@@ -139,8 +142,9 @@ def test_dump_symlink_refused(tmp_path):
         "[export]\nversion = 0\nos = noop\n[instance]\nname = a\n"
         "disk0_dump = disk0\ndisk0_size = 1\ndisk_count = 1\n")
     export = read_export(str(tmp_path / "config.ini"))
-    with pytest.raises(ConfigError, match="cannot open disk dump"):
-        ganeti_export.dump_path(export, export.disks[0])
+    with pytest.raises(DiskError, match="disk0: disk dump is a symbolic link: refused"):
+        openfile.open_regular(ganeti_export.dump_path(export, export.disks[0]), "disk dump",
+                              error=DiskError)
 
 
 def test_find_config(tmp_path):

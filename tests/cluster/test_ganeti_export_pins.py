@@ -156,7 +156,46 @@ def test_not_utf8_refused(tmp_path):
 def test_unreadable_config(tmp_path):
     with pytest.raises(ConfigError) as info:
         read_export(str(tmp_path))
-    assert str(info.value) == "%s: cannot read: Is a directory" % tmp_path
+    assert str(info.value) == ("%s: not a regular file (a FIFO, socket or device is"
+                               " refused)" % tmp_path)
+    with pytest.raises(ConfigError) as info:
+        read_export(str(tmp_path / "missing.ini"))
+    assert str(info.value) == "%s: cannot read: No such file or directory" % (
+        tmp_path / "missing.ini")
+
+
+def test_config_symlink_refused_not_followed(tmp_path):
+    secret = config(tmp_path, HEAD)
+    os.symlink(secret, str(tmp_path / "link.ini"))
+    with pytest.raises(ConfigError) as info:
+        read_export(str(tmp_path / "link.ini"))
+    assert str(info.value) == ("%s: cannot read: Too many levels of symbolic links (a"
+                               " symbolic link is refused)" % (tmp_path / "link.ini"))
+
+
+def test_config_fifo_refused_without_blocking(tmp_path):
+    # Opening a FIFO for reading waits for a writer: O_NONBLOCK, then fstat.
+    os.mkfifo(str(tmp_path / "config.ini"))
+    directory = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(ConfigError, match="config.ini: not a regular file"):
+            read_export(str(tmp_path / "config.ini"), dir_fd=directory)
+    finally:
+        os.close(directory)
+
+
+def test_config_read_from_the_directory_descriptor(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    config(tmp_path / "a", HEAD)
+    (tmp_path / "b" / "config.ini").write_text("not a config")
+    directory = os.open(str(tmp_path / "a"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        # The path names b's file; the descriptor's directory is the one read.
+        export = read_export(str(tmp_path / "b" / "config.ini"), dir_fd=directory)
+    finally:
+        os.close(directory)
+    assert export.system.name == "vm"
 
 
 # ------------------------------------------------------------------ backend parameters
@@ -204,11 +243,9 @@ def test_export_directory_without_config(tmp_path):
         ganeti_export.find_config("inst", str(tmp_path))
 
 
-def test_dump_must_be_a_regular_file(tmp_path):
-    os.mkdir(str(tmp_path / "d.raw"))
+def test_dump_path_names_a_file_of_the_export_directory(tmp_path):
     export = read(tmp_path, HEAD + "disk_count = 1\ndisk0_size = 1\ndisk0_dump = d.raw\n")
-    with pytest.raises(ConfigError, match="d.raw: disk dump is not a regular file"):
-        ganeti_export.dump_path(export, export.disks[0])
+    assert ganeti_export.dump_path(export, export.disks[0]) == str(tmp_path / "d.raw")
     blank = ExportedDisk(None, 1)
     with pytest.raises(ConfigError, match="a disk has no dump file"):
         ganeti_export.dump_path(export, blank)

@@ -58,7 +58,7 @@ def test_length_beyond_the_source_is_a_hole(tmp_path):
 
 
 def test_not_a_file_refused(tmp_path):
-    with pytest.raises(DiskError, match="not a regular file or block device"):
+    with pytest.raises(DiskError, match="source is a directory: refused, only a regular file"):
         sparse.copy(str(tmp_path), Recorder())
     with pytest.raises(DiskError, match="cannot open"):
         sparse.copy(str(tmp_path / "missing"), Recorder())

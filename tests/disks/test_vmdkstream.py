@@ -311,7 +311,7 @@ def test_bad_options_are_refused(tiny, tmp_path, kwargs, error):
 def test_bad_sources_are_refused(tmp_path):
     with pytest.raises(DiskError, match="cannot open"):
         write(str(tmp_path / "missing.raw"), str(tmp_path / "x.vmdk"))
-    with pytest.raises(DiskError, match="not a regular file"):
+    with pytest.raises(DiskError, match="is a directory: refused, only a regular file"):
         write(str(tmp_path), str(tmp_path / "x.vmdk"))
     empty = make_raw(str(tmp_path / "empty.raw"), 0, [])
     with pytest.raises(DiskError, match="capacity"):

@@ -33,4 +33,5 @@ def test_companion_that_is_not_a_regular_file_refused(tmp_path, companion, kind)
     with pytest.raises(PackageError) as err:
         getter()
     assert companion in str(err.value)
-    assert "not a regular file" in str(err.value) or "symbolic link" in str(err.value)
+    assert "refused, only a regular file is read" in str(err.value) \
+        or "symbolic link" in str(err.value)

@@ -160,7 +160,7 @@ def test_folder_refuses_symlinked_descriptor(folder: Path) -> None:
 def test_folder_refuses_fifo(folder: Path) -> None:
     os.mkfifo(str(folder / "pipe.vmdk"))
     package = Package.open(str(folder / "vm.ovf"))
-    with pytest.raises(PackageError, match=r"pipe\.vmdk: not a regular file"):
+    with pytest.raises(PackageError, match=r"pipe\.vmdk: file is a FIFO: refused, only a regular"):
         package.member("pipe.vmdk")
 
 
@@ -229,9 +229,9 @@ def test_missing_path(tmp_path: Path) -> None:
 
 
 def test_directory_and_fifo_paths(tmp_path: Path) -> None:
-    assert "not a regular file" in open_error(str(tmp_path))
+    assert "file is a directory: refused" in open_error(str(tmp_path))
     os.mkfifo(str(tmp_path / "pipe.ova"))
-    assert "pipe.ova: not a regular file" in open_error(str(tmp_path / "pipe.ova"))
+    assert "pipe.ova: file is a FIFO: refused" in open_error(str(tmp_path / "pipe.ova"))
 
 
 def test_ova_named_through_symlink(tmp_path: Path) -> None:

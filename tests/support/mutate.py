@@ -64,6 +64,7 @@ MODULES: Dict[str, Tuple[str, ...]] = {
     "ganeti_ovf/disks/vmdkstream.py": (
         "tests/disks/test_vmdkstream.py", "tests/disks/test_vmdk_pins.py",
         "tests/disks/test_vmdkread.py"),
+    "ganeti_ovf/package/openfile.py": ("tests/package/test_openfile.py", "tests/test_races.py"),
     "ganeti_ovf/cluster/ganeti_export.py": (
         "tests/cluster/test_ganeti_export.py", "tests/cluster/test_ganeti_export_pins.py"),
     "ganeti_ovf/publish.py": (
