@@ -223,15 +223,12 @@ class Staging:
                                % (self.output_dir, err.strerror))
         finally:
             os.umask(old_umask)
-        old_umask = os.umask(0o077)
-        try:
+        try:  # mode 0700, whatever the umask
             self.path = tempfile.mkdtemp(prefix=STAGING_PREFIX + _safe(self.name) + ".",
                                          dir=self.output_dir)
         except OSError as err:
             raise PublishError("%s: cannot create staging directory: %s"
                                % (self.output_dir, err.strerror))
-        finally:
-            os.umask(old_umask)
         self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return self
