@@ -221,7 +221,12 @@ class LibdeflateCompressor(_Base):
 
 
 class IsalCompressor(_Base):
-    """ISA-L's igzip (isal.py): the fastest deflate here, a little larger."""
+    """ISA-L's igzip (isal.py): the fastest deflate here, a little larger.
+
+    Stored blocks and the small samples go to a helper (libdeflate, else
+    zlib): ISA-L's level 0 still compresses, and each ISA-L call clears its
+    hash tables, which costs more than deflating a 2 KiB sample.
+    """
 
     name = "isal"
 
@@ -230,10 +235,12 @@ class IsalCompressor(_Base):
         if isal.LIB is None:
             raise OptionError("ISA-L is not installed (package libisal2)")
         self._stream = isal.Stream()
+        self._helper: _Base = LibdeflateCompressor(0) if _LIBDEFLATE is not None \
+            else ZlibCompressor(0)
 
     def _deflate(self, framing: str, data: Buffer, level: int) -> bytes:
-        if level == 0:  # stored blocks: ISA-L's level 0 still compresses
-            return ZlibCompressor._deflate(self, framing, data, 0)
+        if level == 0 or len(data) <= SAMPLE:
+            return self._helper._deflate(framing, data, level)
         return self._stream.deflate(framing, data, ISAL_LEVEL[level])
 
 
