@@ -1,24 +1,40 @@
 """One-shot deflate of small buffers (zlib or gzip framing), as fast as we can.
 
 This module owns the choice of compressor backend for the VMDK writer and the
-gzip writer: the libdeflate shared library (Debian package libdeflate0)
-through ctypes when it is installed, Python's zlib otherwise.  Both produce
-streams that any inflate accepts; their bytes differ, so output is
-deterministic per backend.
+gzip writer: ISA-L's igzip (Debian package libisal2, through isal.py), the
+libdeflate shared library (libdeflate0) through ctypes, and Python's zlib,
+whichever are installed.  All produce streams that any inflate accepts;
+their bytes differ, so output is deterministic per backend and level.
+
+Levels are zlib's 0..9 (`--compress-level`; the VMDK writer uses 1).  The
+backend follows the level (best_backend), by this measurement of 64 KiB
+grains of the bench's text, one thread, on the 2-core machine of
+PERF-FACTS.md (output / input, MB/s of input; random grains are stored):
+
+    level 1  ISA-L level 1       0.490   345 MB/s   (zlib 1: 0.488, 69 MB/s)
+    level 2  ISA-L level 2       0.462   327 MB/s   (zlib 6: 0.459, 54 MB/s)
+    level 3+ libdeflate, same    0.433   113 MB/s at 2 (libdeflate 1: 0.456,
+             level               140 MB/s; 4..9: 0.432-0.433, 89-93 MB/s)
+
+so levels 1 and 2 go to ISA-L (2.5x libdeflate's speed, 6x zlib's, for 7 %
+or 1 % more output than zlib -6) and 3..9 to libdeflate (the smallest
+output).  Either stands in for the other when it is not installed (ISA-L
+then maps levels 3..9 to its level 3, ISAL_LEVEL: zlib -6's size at four
+times its speed), and zlib for both; naming a backend (compressor_factory)
+overrides the choice.
 
 It also owns the shortcut for data that does not compress (random bytes,
-already compressed files): deflating it costs as much CPU as text (about
-130 MB/s a core with libdeflate level 1) for nothing, so a compressor first
-deflates two small samples and, when neither shrinks below STORE_ABOVE, emits
-deflate's stored blocks (level 0: a copy, plus the checksum).  Stored blocks
-are plain deflate: every inflater reads them.
+already compressed files): deflating it costs as much CPU as text for
+nothing, so a compressor first deflates two small samples and, when neither
+shrinks below STORE_ABOVE, emits deflate's stored blocks (level 0: a copy,
+plus the checksum; about 1.6 GB/s with the samples).  Stored blocks are
+plain deflate: every inflater reads them.
 
-A Compressor is not thread-safe (libdeflate's compressor holds state); make
-one per thread.  Both backends release the GIL while compressing (ctypes
-drops it around foreign calls, CPython's zlib around deflate()), which is
-what lets a thread pool use every core.
+A Compressor is not thread-safe (ISA-L's and libdeflate's compressors hold
+state); make one per thread.  All backends release the GIL while
+compressing (ctypes drops it around foreign calls, CPython's zlib around
+deflate()), which is what lets a thread pool use every core.
 """
-
 import ctypes
 import ctypes.util
 import struct
@@ -365,13 +381,13 @@ def installed() -> Tuple[str, ...]:
 
 
 def best_backend(level: int = 1) -> str:
-    """The backend that deflates at `level` by default (see the module
-    docstring): 'isal' for ISAL_DEFAULT_LEVELS, else 'libdeflate', else
-    'zlib', whichever is installed first."""
-    for name in installed():
-        if name != "isal" or level in ISAL_DEFAULT_LEVELS:
-            return name
-    return "zlib"
+    """The backend that deflates at `level` by default (module docstring):
+    ISA-L first for ISAL_DEFAULT_LEVELS, libdeflate first for the others,
+    then the other one, then zlib."""
+    order = ("isal", "libdeflate") if level in ISAL_DEFAULT_LEVELS \
+        else ("libdeflate", "isal")
+    usable = installed()
+    return next((name for name in order if name in usable), "zlib")
 
 
 _MAKERS = {"isal": IsalCompressor, "libdeflate": LibdeflateCompressor,

@@ -114,11 +114,11 @@ def test_default_backend_per_level():
 
 
 def test_without_isal_the_others_take_over(monkeypatch):
-    """libisal2 absent: the default falls back to libdeflate, then zlib, and
+    """libisal2 absent: levels 1-2 fall back to libdeflate, then zlib, and
     asking for ISA-L by name is an OptionError naming the package."""
     monkeypatch.setattr(isal, "LIB", None)
     assert deflate.installed() == ("libdeflate", "zlib")
-    assert deflate.best_backend(1) == "libdeflate"
+    assert [deflate.best_backend(level) for level in (1, 2, 6)] == ["libdeflate"] * 3
     with pytest.raises(OptionError, match="isal is not installed.*libisal2"):
         deflate.compressor_factory(1, "isal")
     with pytest.raises(isal.IsalError, match="libisal2"):
@@ -128,3 +128,14 @@ def test_without_isal_the_others_take_over(monkeypatch):
     compressor = deflate.compressor_factory(1)()
     data = text(GRAIN, 5)
     assert compressor.name == "zlib" and zlib.decompress(compressor.compress(data)) == data
+
+
+def test_without_libdeflate_isal_takes_every_level(monkeypatch):
+    monkeypatch.setattr(deflate, "_LIBDEFLATE", None)
+    assert [deflate.best_backend(level) for level in range(1, 10)] == ["isal"] * 9
+    compressor = deflate.compressor_factory(9)()
+    prose, noise = text(GRAIN, 6), random.Random(6).randbytes(GRAIN)
+    for data in (prose, noise, b"tiny"):
+        assert zlib.decompress(compressor.compress(data)) == data
+        assert gzip.decompress(compressor.gzip(data)) == data
+    assert compressor.name == "isal" and compressor.stored == 2
