@@ -7,34 +7,38 @@ whichever are installed.  All produce streams that any inflate accepts;
 their bytes differ, so output is deterministic per backend and level.
 
 Levels are zlib's 0..9 (`--compress-level`; the VMDK writer uses 1).  The
-backend follows the level (best_backend), by this measurement of 64 KiB
-grains of the bench's text, one thread, on the 2-core machine of
-PERF-FACTS.md (output / input, MB/s of input; random grains are stored):
+backend follows the level (best_backend), by this measurement: 64 KiB grains
+of the bench's text (32 MiB), one thread, MB/s of input per second of that
+thread's CPU time (so a busy machine does not skew it), medians of 3, on the
+2-core machine of PERF-FACTS.md; output / input:
 
-    level 1  ISA-L level 1       0.490   345 MB/s   (zlib 1: 0.488, 69 MB/s)
-    level 2  ISA-L level 2       0.462   327 MB/s   (zlib 6: 0.459, 54 MB/s)
-    level 3+ libdeflate, same    0.433   113 MB/s at 2 (libdeflate 1: 0.456,
-             level               140 MB/s; 4..9: 0.432-0.433, 89-93 MB/s)
+    ISA-L level 1       0.490  398 MB/s    libdeflate level 1  0.456  158 MB/s
+    ISA-L level 2       0.462  338 MB/s    libdeflate level 2  0.433  123 MB/s
+    ISA-L level 3       0.459  300 MB/s    libdeflate level 6  0.432  101 MB/s
+    zlib level 1        0.488   86 MB/s    libdeflate level 9  0.432   78 MB/s
+    zlib level 6        0.459   53 MB/s
 
-so levels 1 and 2 go to ISA-L (2.5x libdeflate's speed, 6x zlib's, for 7 %
-or 1 % more output than zlib -6) and 3..9 to libdeflate (the smallest
-output).  Either stands in for the other when it is not installed (ISA-L
-then maps levels 3..9 to its level 3, ISAL_LEVEL: zlib -6's size at four
-times its speed), and zlib for both; naming a backend (compressor_factory)
-overrides the choice.
+so levels 1 and 2 go to ISA-L (2.5 times libdeflate's speed, 5-6 times
+zlib's; 7 % and 1 % more output than zlib -6) and 3..9 to libdeflate at the
+same level (6 % less than zlib -6 at 1.5-2.3 times its speed).  Either stands
+in for the other when it is not installed (ISA-L then maps levels 3..9 to
+its level 3, ISAL_LEVEL), and zlib for both; naming a backend
+(compressor_factory) overrides the choice.  Random grains are stored
+(below) at 1.6-2.4 GB/s with ISA-L or libdeflate, 0.6 GB/s with zlib.
 
 It also owns the shortcut for data that does not compress (random bytes,
 already compressed files): deflating it costs as much CPU as text for
 nothing, so a compressor first deflates two small samples and, when neither
 shrinks below STORE_ABOVE, emits deflate's stored blocks (level 0: a copy,
-plus the checksum; about 1.6 GB/s with the samples).  Stored blocks are
-plain deflate: every inflater reads them.
+plus the checksum).  Stored blocks are plain deflate: every inflater reads
+them.
 
 A Compressor is not thread-safe (ISA-L's and libdeflate's compressors hold
 state); make one per thread.  All backends release the GIL while
 compressing (ctypes drops it around foreign calls, CPython's zlib around
 deflate()), which is what lets a thread pool use every core.
 """
+
 import ctypes
 import ctypes.util
 import struct
