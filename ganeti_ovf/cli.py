@@ -93,9 +93,9 @@ COMPRESS_OPT = cli_option("--compress", dest="compress", default=False,
                           help="Gzip each disk file (ovf:compression=gzip)")
 COMPRESS_LEVEL_OPT = cli_option("--compress-level", dest="compress_level", default=None,
                                 type="int", metavar="<0-9>",
-                                help="Deflate level of --compress (default: 1, as small"
-                                " as gzip -6 on text at three times its speed; 0"
-                                " stores)")
+                                help="Deflate level of --compress: 0 stores, 1-2 use"
+                                " ISA-L (fastest), 3-9 libdeflate (smallest);"
+                                " default: 1")
 OVA_OPT = cli_option("--ova", dest="ova", default=False, action="store_true",
                      help="Write one OVA archive instead of an OVF folder")
 EXTERNAL_OPT = cli_option("--external", dest="external", default=False,

@@ -72,8 +72,8 @@ READERS = {
 }
 
 
-@pytest.mark.parametrize("backend", ["libdeflate", "zlib"])
-@pytest.mark.parametrize("level", [0, 1, 6])
+@pytest.mark.parametrize("backend", ["isal", "libdeflate", "zlib"])
+@pytest.mark.parametrize("level", [0, 1, 2, 6])
 def test_every_reader_reads_the_stream(disk, tmp_path, backend, level):
     target = str(tmp_path / "disk.raw.gz")
     writer = write_gzip(disk, target, level=level, backend=backend)
