@@ -169,6 +169,24 @@ def test_foreign_streams_inflate_on_every_path(tmp_path, tools, tool, kind):
     assert how == tool
 
 
+@pytest.mark.parametrize("tool", ["igzip", "pigz"])
+def test_a_stream_that_barely_compresses_inflates_in_zlib(tmp_path, tools, tool):
+    """gzip of deflated data (a streamOptimized VMDK, an OVA of one): a tool
+    costs more than it saves (its output crosses a pipe)."""
+    tools(tool)
+    data = random.Random(5).randbytes(2 * MIB) + text(200 * KIB, 5)
+    path = str(tmp_path / "dense.gz")
+    with open(path, "wb") as handle:
+        handle.write(gzip.compress(data, mtime=0))
+    got, how = inflate([member(path)])
+    assert sha256(got) == sha256(data)
+    assert how == "zlib"
+    with open(path, "ab") as handle:
+        handle.write(b"garbage")
+    with pytest.raises(DiskError, match="trailing data"):
+        inflate([member(path)])
+
+
 def read_disk_sample() -> bytes:
     return random.Random(4).randbytes(300 * KIB) + text(700 * KIB, 4) + bytes(300 * KIB)
 
