@@ -322,17 +322,14 @@ def scratch_parent() -> str:
 
 @contextmanager
 def scratch_dir() -> Iterator[str]:
-    """A private temporary directory (mode 0700) under scratch_parent(),
-    removed afterwards."""
-    old_umask = os.umask(0o077)
+    """A private temporary directory (mode 0700, as mkdtemp always makes
+    it) under scratch_parent(), removed afterwards."""
     parent = scratch_parent()
     try:
         path = tempfile.mkdtemp(prefix="gnt-ovf-", dir=parent)
     except OSError as err:
         raise PublishError("%s: cannot create a scratch directory: %s"
                            % (parent, err.strerror)) from None
-    finally:
-        os.umask(old_umask)
     try:
         yield path
     finally:
@@ -348,8 +345,7 @@ def _fsync_dir(path: str) -> None:
 
 
 def _remove(path: str) -> None:
-    if not path:
-        return
+    """Remove what `path` names, if anything ("" names nothing)."""
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):

@@ -782,3 +782,8 @@ def test_gzip_ova_decompresses_within_its_cap(tmp_path: Path,
     assert os.listdir(str(staging)) == []
     with open_gzip_ova(path, str(staging), inflate, max_staged=len(data)) as package:
         assert member_bytes(package.member("disk.vmdk")) == DISK
+
+
+def test_package_in_a_folder_that_cannot_be_opened(tmp_path: Path) -> None:
+    path = str(tmp_path / "missing" / "vm.ova")
+    assert open_error(path) == "%s: cannot open its folder: No such file or directory" % path
