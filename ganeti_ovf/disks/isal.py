@@ -125,6 +125,11 @@ def _load() -> Optional[ctypes.CDLL]:
 LIB = _load()
 
 
+def out_bound(size: int) -> int:
+    """The output room a deflate of `size` bytes needs (OUT_SLACK above)."""
+    return size + size // 4096 + OUT_SLACK
+
+
 class IsalError(RuntimeError):
     """ISA-L refused a call it should not (a bug here, not bad input)."""
 
@@ -161,8 +166,15 @@ class Stream:
     def deflate(self, framing: str, data: Buffer, level: int) -> bytes:
         """`data` deflated at ISA-L `level` (0..3) in `framing` ('zlib' or
         'deflate'), as one final block sequence."""
+        out, out_size = self._output(out_bound(len(data)))
+        return ctypes.string_at(out, self.deflate_to(framing, data, level, out, out_size))
+
+    def deflate_to(self, framing: str, data: Buffer, level: int, out: int,
+                   out_size: int) -> int:
+        """Deflate like deflate() into the out_size bytes at address `out`
+        (at least out_bound(len(data)), which the caller keeps alive);
+        return the length written.  No copy of the output is made."""
         size = len(data)
-        out, out_size = self._output(size + size // 4096 + OUT_SLACK)
         if isinstance(data, bytes):
             keep: object = data
             source = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
@@ -190,4 +202,4 @@ class Stream:
         if result != COMP_OK or stream.avail_in:
             raise IsalError("isal_deflate_stateless returned %d with %d bytes left"
                             % (result, stream.avail_in))
-        return ctypes.string_at(out, stream.total_out)
+        return stream.total_out
