@@ -22,8 +22,13 @@ source are skipped with SEEK_DATA/SEEK_HOLE without being read.
 
 Grains are independent zlib streams, so batches of grains are read and
 compressed on a thread pool (see deflate.py) while the calling thread writes
-finished batches in order.  Memory is bounded by the batches in flight plus
-one pending grain table and the grain directory (4 bytes per 32 MiB of disk).
+finished batches in order.  A worker reads a batch into its own input
+buffer and deflates each grain straight into the batch's output buffer,
+behind its marker: one read, one write and no copy per grain, few Python
+steps between the foreign calls (which run without the GIL).  Both kinds of
+buffer are reused, as fresh megabytes cost page faults.  Memory is bounded
+by the batches in flight plus one pending grain table and the grain
+directory (4 bytes per 32 MiB of disk).
 """
 
 import collections
@@ -374,7 +379,7 @@ def _stream(fd: int, path: str, size: int, out: BinaryIO, capacity: int,
         buf = local.buf
         view = memoryview(buf)
         got = _read_exact(fd, view[:length], start, path)
-        if got < length:  # a short file reads as zeros, not the last batch
+        if got < length:  # past the file's end: zeros, not a stale batch
             view[got:length] = bytes(length - got)
         # One output buffer per batch, the compressor writing straight into
         # it after each marker: no copy per grain, one write per batch.
@@ -406,8 +411,7 @@ def _stream(fd: int, path: str, size: int, out: BinaryIO, capacity: int,
 
     def take_one() -> None:
         first, out, used, grains = pending.popleft().result()
-        with memoryview(out) as view:
-            writer.add_batch(first, view[:used], grains)
+        writer.add_batch(first, memoryview(out)[:used], grains)
         spare.append(out)  # list.append and pop are atomic: no lock
         if progress is not None:
             done = min(capacity, (first + BATCH_GRAINS) // BATCH_GRAINS

@@ -108,6 +108,18 @@ def test_size_not_multiple_of_grain(tmp_path):
     check_vmdk(source, vmdk, size, tmp_path)
 
 
+def test_short_last_batch_reads_no_stale_bytes(tmp_path):
+    # One thread reuses one input buffer: random bytes fill it for the first
+    # batch; the file then ends 1000 bytes into the next one, whose rest
+    # must read as zeros, not as what the buffer held before.
+    size = MIB + 1000
+    source = make_raw(str(tmp_path / "short.raw"), size, [
+        (0, random.Random(4).randbytes(MIB)), (MIB, text(1000, 5))])
+    vmdk = str(tmp_path / "short.vmdk")
+    write(source, vmdk, threads=1, capacity=MIB + GRAIN)
+    check_vmdk(source, vmdk, MIB + GRAIN, tmp_path)
+
+
 def test_size_not_multiple_of_sector_is_rounded_up(tmp_path):
     source = make_raw(str(tmp_path / "ragged.raw"), 5 * MIB + 3,
                       [(5 * MIB - 10, b"x" * 13)])

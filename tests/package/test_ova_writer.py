@@ -6,6 +6,7 @@ import tarfile
 import pytest
 
 from ganeti_ovf.errors import PublishError
+from ganeti_ovf.package import ova_writer
 from ganeti_ovf.package.ova_writer import OvaWriter, ustar_header
 
 
@@ -25,6 +26,28 @@ def test_members_in_order_with_digests(tmp_path):
         assert archive.extractfile("x.mf").read() == b"0123456789"
         assert members[0].offset == 0
     assert writer.digests["x-disk0.vmdk"] == hashlib.sha256(b"a" * 1000 + b"b" * 7).hexdigest()
+
+
+def test_writeback_starts_every_step_and_changes_nothing(tmp_path, monkeypatch):
+    started = []
+
+    def start(fd):
+        started.append(fd)
+        real_start(fd)  # the real call, on the real file
+
+    real_start = ova_writer.start_writeback
+    monkeypatch.setattr(ova_writer, "WRITEBACK_STEP", 4096)
+    monkeypatch.setattr(ova_writer, "start_writeback", start)
+    data = bytes(range(256)) * 100  # 25600 bytes, written 1000 at a time
+    path = str(tmp_path / "w.ova")
+    writer = OvaWriter(path, [], digest="sha256", mtime=0)
+    writer.add("disk", lambda out: [out.write(data[i:i + 1000])
+                                    for i in range(0, len(data), 1000)])
+    writer.close()
+    assert len(started) == 5  # at 5000, 10000 ... 25000: a step (4096) apart
+    with tarfile.open(path) as archive:
+        assert archive.extractfile("disk").read() == data
+    assert writer.digests["disk"] == hashlib.sha256(data).hexdigest()
 
 
 def test_reserved_size_must_match(tmp_path):
