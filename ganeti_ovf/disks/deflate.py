@@ -230,6 +230,11 @@ class LibdeflateCompressor(_Base):
         self._handles: dict = {}
         self._out = ctypes.create_string_buffer(0)
         self._handle(level)  # refuse a bad level now, not at the first buffer
+        # Looked up once: a grain costs up to three calls, the Python around
+        # each counts (samples are 2 KiB).
+        self._compress_fn = {framing: getattr(self._lib, "libdeflate_%s_compress" % framing)
+                             for framing in _WBITS}
+        self._bounds: dict = {}  # (framing, size, level) -> bound: few sizes
 
     def _handle(self, level: int) -> int:
         handle = self._handles.get(level)
@@ -258,8 +263,14 @@ class LibdeflateCompressor(_Base):
                          (ctypes.c_char * bound).from_buffer(dest, offset), bound)
 
     def _bound(self, framing: str, size: int, level: int) -> int:
-        return getattr(self._lib, "libdeflate_%s_compress_bound" % framing)(
-            self._handle(level), size)
+        key = (framing, size, level)
+        bound = self._bounds.get(key)
+        if bound is None:
+            bound = getattr(self._lib, "libdeflate_%s_compress_bound" % framing)(
+                self._handle(level), size)
+            if len(self._bounds) < 64:  # grains and samples; not every tail
+                self._bounds[key] = bound
+        return bound
 
     def _run(self, framing: str, data: Buffer, level: int, out: object, bound: int) -> int:
         """Compress into `out` (a ctypes buffer of `bound` bytes); its length."""
@@ -272,8 +283,7 @@ class LibdeflateCompressor(_Base):
         else:
             # Writable buffers (bytearray and views of it) map without a copy.
             source = (ctypes.c_char * size).from_buffer(data)
-        written = getattr(self._lib, "libdeflate_%s_compress" % framing)(
-            handle, source, size, out, bound)
+        written = self._compress_fn[framing](handle, source, size, out, bound)
         if not written:  # cannot happen with a bound-sized buffer
             raise OptionError("libdeflate: output larger than its own bound")
         return written
