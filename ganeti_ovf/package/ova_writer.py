@@ -28,7 +28,13 @@ _ZEROS = bytes(1024 * 1024)  # hashed in place of a skipped hole
 # Every WRITEBACK_STEP bytes a member asks the kernel to start writing what
 # it holds of the file (sync_file_range, SYNC_FILE_RANGE_WRITE: no waiting),
 # so the disk works while we compress and the fsync at the end waits for
-# the last step, not for the whole output (0.6 s of 1.5 GB, measured).
+# the last step, not for the whole output (0.6 s of 1.5 GB, measured); and
+# drops from the page cache what the step before wrote, on disk by then
+# (POSIX_FADV_DONTNEED skips pages not yet clean).  Output is written once
+# and not read back: kept cached, gigabytes of it push out other files and
+# make every new page cost a reclaim (measured on a full page cache: the
+# writes of a 1.5 GB OVA took 1.7-2.3 s of system time, 0.4-0.5 s with
+# the drop).
 WRITEBACK_STEP = 64 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
 
@@ -46,9 +52,15 @@ def _load_sync_file_range():
 _SYNC_FILE_RANGE = _load_sync_file_range()
 
 
-def start_writeback(fd: int) -> None:
-    """Start writing the file's dirty pages to disk, without waiting.  Only
-    a hint: failures are left to the fsync that follows."""
+def start_writeback(fd: int, drop_to: int = 0) -> None:
+    """Start writing the file's dirty pages to disk, without waiting, and
+    drop its clean pages before offset drop_to from the page cache.  Only
+    hints: failures are left to the fsync that follows."""
+    if drop_to > 0:
+        try:
+            os.posix_fadvise(fd, 0, drop_to, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
     if _SYNC_FILE_RANGE is not None:
         _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # 0, 0: all of it
 
@@ -106,6 +118,7 @@ class MemberWriter:
         self.size = 0
         self._hole_at_end = False
         self._writeback_at = WRITEBACK_STEP
+        self._written_to = 0  # file offset reached at the last step
 
     def write(self, data) -> int:
         written = self._handle.write(data)
@@ -115,8 +128,16 @@ class MemberWriter:
         self._hole_at_end = False
         if self.size >= self._writeback_at:
             self._writeback_at = self.size + WRITEBACK_STEP
-            start_writeback(self._handle.fileno())
+            self._step()
         return written
+
+    def _step(self) -> None:
+        try:
+            fd, position = self._handle.fileno(), self._handle.tell()
+        except (AttributeError, OSError, ValueError):  # not a file: no cache
+            return
+        start_writeback(fd, self._written_to)
+        self._written_to = position
 
     def skip(self, count: int) -> None:
         if count <= 0:

@@ -31,9 +31,9 @@ def test_members_in_order_with_digests(tmp_path):
 def test_writeback_starts_every_step_and_changes_nothing(tmp_path, monkeypatch):
     started = []
 
-    def start(fd):
-        started.append(fd)
-        real_start(fd)  # the real call, on the real file
+    def start(fd, drop_to=0):
+        started.append(drop_to)
+        real_start(fd, drop_to)  # the real calls, on the real file
 
     real_start = ova_writer.start_writeback
     monkeypatch.setattr(ova_writer, "WRITEBACK_STEP", 4096)
@@ -44,7 +44,9 @@ def test_writeback_starts_every_step_and_changes_nothing(tmp_path, monkeypatch):
     writer.add("disk", lambda out: [out.write(data[i:i + 1000])
                                     for i in range(0, len(data), 1000)])
     writer.close()
-    assert len(started) == 5  # at 5000, 10000 ... 25000: a step (4096) apart
+    # At 5000, 10000 ... 25000 bytes (a step apart), each dropping what the
+    # step before had written (the member's data starts after its header).
+    assert started == [0] + [512 + n for n in (5000, 10000, 15000, 20000)]
     with tarfile.open(path) as archive:
         assert archive.extractfile("disk").read() == data
     assert writer.digests["disk"] == hashlib.sha256(data).hexdigest()
