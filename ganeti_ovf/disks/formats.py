@@ -81,7 +81,8 @@ class Format:
         return {}
 
     def virtual_size(self, fields: Fields) -> int:
-        return 0
+        """The guest size in bytes; every format that can be accepted says it."""
+        raise NotImplementedError
 
     def details(self, fields: Fields) -> Fields:
         """Facts worth reporting (subformat, creator, hardware version)."""
@@ -290,7 +291,7 @@ def _vmdk_descriptor(text: str) -> Tuple[Dict[str, str], List[Tuple[str, ...]]]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        if line.split(None, 1)[0] in ("RW", "RDONLY", "NOACCESS"):
+        if line.split()[0] in ("RW", "RDONLY", "NOACCESS"):
             words, _, rest = line.partition('"')
             name, quote, tail = rest.partition('"')
             extents.append(tuple(words.split())

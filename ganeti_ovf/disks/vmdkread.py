@@ -303,10 +303,14 @@ class _Converter:
             return
         if self.zero is not None:  # every byte must be written: no holes
             self._write(raw[:limit], position)
-            return
+        else:
+            self._write_data_pages(raw, limit, position)
+
+    def _write_data_pages(self, raw: bytes, limit: int, position: int) -> None:
+        """Write raw[:limit] at `position`, leaving its zero pages as holes:
+        each run of data pages is written once."""
         page, run = 0, -1
         while page < limit:
-            # Leave zero pages as holes; write each run of data pages once.
             zero = raw[page:page + PAGE] == self.zero_page
             if zero and run >= 0:
                 self._write(raw[run:page], position + run)

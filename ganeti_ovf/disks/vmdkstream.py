@@ -364,7 +364,8 @@ def _stream(fd: int, path: str, size: int, out: BinaryIO, capacity: int,
         if compressor is None:
             compressor = local.compressor = make_compressor()
         start = first * GRAIN
-        buf = bytearray(min(count * GRAIN, _round_up(size - start, GRAIN)))
+        # Batches end at the source's last grain at the latest.
+        buf = bytearray(count * GRAIN)
         _read_exact(fd, buf, start, path)
         view = memoryview(buf)
         parts: List[bytes] = []

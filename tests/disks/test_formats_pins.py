@@ -274,3 +274,37 @@ def test_vhd_adjacent_blocks_are_not_a_shared_block(tmp_path):
     # One sector closer, the blocks share a sector.
     patch(path, table + 4, struct.pack(">I", second - 1))
     refused(whole(path), "stored blocks overlap or are mapped more than once")
+
+
+def dynamic_vhd(tmp_path, name: str, entries: int, table: bytes,
+                block_size: int = 2 * MIB):
+    """A dynamic VHD (qemu-img's footer and dynamic header) claiming
+    `entries` table entries of `block_size`, its table `table`, at 1536."""
+    path = create(tmp_path, name, "vpc", "4M", "-o", "subformat=dynamic")
+    with open(path, "rb") as handle:
+        head = bytearray(handle.read(1536))
+    assert head[512:520] == b"cxsparse"
+    head[512 + 16:512 + 24] = struct.pack(">Q", 1536)  # table offset
+    head[512 + 28:512 + 36] = struct.pack(">II", entries, block_size)
+    with open(path, "wb") as handle:
+        handle.write(bytes(head) + table + bytes(head[:512]))  # footer last
+    return path
+
+
+@pytest.mark.parametrize("entries, ok", [(4 * MIB, True), (4 * MIB + 1, False)])
+def test_vhd_table_size_bound(tmp_path, entries, ok):
+    # The block allocation table read is bounded at 4 Mi entries (16 MiB,
+    # 8 TiB of 2 MiB blocks); a larger one is refused even when every entry
+    # is present and unused.
+    path = dynamic_vhd(tmp_path, "d.vhd", entries, b"\xff" * (4 * entries))
+    judged(path, ok, "vpc", "refused vpc image: stored blocks overlap")
+
+
+def test_vhd_block_bitmap_in_whole_sectors(tmp_path):
+    # A 32 MiB block has 65536 sectors: its bitmap (one bit a sector) is
+    # 8 KiB, 16 sectors, so a stored block spans 16 + 65536 sectors.
+    span = 16 + 65536
+    for gap, ok in ((span, True), (span - 1, False)):
+        table = struct.pack(">II", 3, 3 + gap)
+        path = dynamic_vhd(tmp_path, "d%d.vhd" % gap, 2, table, 32 * MIB)
+        judged(path, ok, "vpc", "stored blocks overlap or are mapped more than once")

@@ -380,3 +380,68 @@ def test_writer_default_deflate_level_is_one(tmp_path):
                                               **kwargs)
         outputs.append(digest_of(tmp_path / name))
     assert outputs[0] == outputs[1]
+
+
+# ------------------------------------------------------------------ reader: every byte written
+
+
+GRAIN = vmdkstream.GRAIN
+
+
+def written_over_old_data(image, raw, tmp_path, stale) -> list:
+    """Convert `image` in write-every-byte mode (zero given, as for a disk
+    that may hold old data) over an output whose `stale` grains hold 0xff;
+    the output must equal `raw`.  Returns how often zero() covered each grain.
+    """
+    size = os.path.getsize(raw)
+    dest = tmp_path / "disk.out"
+    with open(dest, "wb") as handle:
+        handle.truncate(size)
+        for grain in stale:
+            handle.seek(grain * GRAIN)
+            handle.write(b"\xff" * GRAIN)
+    covered = [0] * (-(-size // GRAIN))
+
+    def zero(offset: int, length: int) -> None:
+        assert offset % GRAIN == 0 and length > 0
+        assert length % GRAIN == 0 or offset + length == size
+        for grain in range(offset // GRAIN, -(-(offset + length) // GRAIN)):
+            covered[grain] += 1
+        os.pwrite(fd, bytes(length), offset)
+
+    fd = os.open(dest, os.O_WRONLY)
+    try:
+        vmdkread.write_stream_optimized(whole(image), fd, str(dest), size, zero=zero)
+    finally:
+        os.close(fd)
+    assert digest_of(dest) == digest_of(raw)
+    return covered
+
+
+def test_every_byte_written_once_data_or_zeros(tmp_path):
+    # Five grain tables, the last partial: data (4 KiB, then zeros) in
+    # tables 0 and 2 only, so tables 1, 3 and the last hold no data.
+    grains = 4 * vmdkstream.GTES_PER_GT + 3
+    with_data = [5, 2 * 512, 2 * 512 + 511]
+    pieces = [(grain * GRAIN, b"\x5a" * 4 * KIB) for grain in with_data]
+    raw = make_raw(tmp_path / "src.raw", grains * GRAIN, pieces)
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    # Old bytes under the data grains (their zero pages too) and elsewhere.
+    covered = written_over_old_data(image, raw, tmp_path, with_data + [6, 700, grains - 1])
+    # zero() covers exactly the grains without data, each once: never data.
+    assert covered == [0 if grain in with_data else 1 for grain in range(grains)]
+
+
+def test_table_of_zeroed_grains_is_zeroed(tmp_path):
+    # A grain table present in the file whose entries all say "reads as
+    # zeros" (1, with the header's zero-grain flag): every grain is zeroed.
+    raw = make_raw(tmp_path / "src.raw", 2 * MIB, [(0, b"\x5a" * GRAIN)])
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    with open(image, "r+b") as handle:
+        handle.seek(grain_table_offset(image))
+        handle.write(struct.pack("<%dI" % vmdkstream.GTES_PER_GT,
+                                 *[1] * vmdkstream.GTES_PER_GT))
+    set_flags(image, 1 << 2)
+    zeros = make_raw(tmp_path / "zeros.raw", 2 * MIB, [])
+    covered = written_over_old_data(image, zeros, tmp_path, [0, 31])
+    assert covered == [1] * 32
