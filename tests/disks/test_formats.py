@@ -181,10 +181,15 @@ def test_qcow_magic_with_garbage_is_refused_cleanly(tmp_path):
     refused(whole(path), "truncated header")
 
 
-def test_qcow2_extension_chain_leaving_the_cluster(tmp_path):
-    path = create(tmp_path, "x.qcow2", "qcow2")
+@pytest.mark.parametrize("options", [(), ("-o", "compat=0.10")])
+def test_qcow2_extension_chain_leaving_the_cluster(tmp_path, options):
+    # Version 2 and 3 both have extensions: after the 72-byte version 2
+    # header, or where a version 3 header says it ends.
+    path = create(tmp_path, "x.qcow2", "qcow2", "4M", *options)
     with open(path, "rb") as handle:
-        header_length = struct.unpack(">I", handle.read(104)[100:104])[0]
+        head = handle.read(104)
+    version = struct.unpack_from(">I", head, 4)[0]
+    header_length = 72 if version == 2 else struct.unpack_from(">I", head, 100)[0]
     patch(path, header_length, struct.pack(">II", 0x12345678, 0x7FFFFFF0))
     refused(whole(path), "malformed header extensions")
 

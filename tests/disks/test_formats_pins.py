@@ -9,7 +9,9 @@ import struct
 import subprocess
 
 import pytest
-from test_formats import create, patch, refused, whole
+from test_formats import create, patch, refused, rewrite_descriptor, whole
+
+from members import opened_member
 
 from ganeti_ovf.disks import formats
 
@@ -300,11 +302,44 @@ def test_vhd_table_size_bound(tmp_path, entries, ok):
     judged(path, ok, "vpc", "refused vpc image: stored blocks overlap")
 
 
-def test_vhd_block_bitmap_in_whole_sectors(tmp_path):
-    # A 32 MiB block has 65536 sectors: its bitmap (one bit a sector) is
-    # 8 KiB, 16 sectors, so a stored block spans 16 + 65536 sectors.
-    span = 16 + 65536
+@pytest.mark.parametrize("block_size, bitmap_sectors", [
+    (2 * MIB, 1), (32 * MIB, 16), (2048 * MIB, 1024)])
+def test_vhd_block_bitmap_in_whole_sectors(tmp_path, block_size, bitmap_sectors):
+    # A block's bitmap has one bit a sector, padded to whole sectors (2 MiB:
+    # 4096 bits, one sector; 32 MiB: 8 KiB, 16; 2 GiB: 512 KiB, 1024), and
+    # its data follows: stored blocks one span apart share nothing.
+    span = bitmap_sectors + block_size // 512
     for gap, ok in ((span, True), (span - 1, False)):
         table = struct.pack(">II", 3, 3 + gap)
-        path = dynamic_vhd(tmp_path, "d%d.vhd" % gap, 2, table, 32 * MIB)
+        path = dynamic_vhd(tmp_path, "d%d.vhd" % gap, 2, table, block_size)
         judged(path, ok, "vpc", "stored blocks overlap or are mapped more than once")
+
+
+def test_bytes_past_the_member_are_never_read(tmp_path):
+    # A VDI signature (at offset 64) cut by the member's end and completed
+    # by the bytes after it, as by the next member of an OVA: still raw.
+    path = tmp_path / "pkg"
+    path.write_bytes(bytes(64) + struct.pack("<I", formats.VDI_SIGNATURE) + bytes(1000))
+    refused(whole(path), "refused vdi image")
+    member = opened_member("m", str(path), 0, 66)
+    assert formats.inspect(member) == formats.DiskImage("raw", 66, {})
+
+
+def test_vmdk_descriptor_filling_its_sectors_is_read_whole(tmp_path):
+    # No NUL ends a descriptor that fills its sectors to the last byte: it
+    # is read to its last byte (here the extent line's closing quote) and
+    # not one byte further (the grain directory that follows).
+    path = create(tmp_path, "d.vmdk", "vmdk")
+    with open(path, "rb") as handle:
+        data = handle.read(64 * 1024)
+    offset, sectors = struct.unpack_from("<QQ", data, 28)
+    assert data[(offset + sectors) * 512] != 0
+
+    def fill(text: str) -> str:
+        lines = text.splitlines()
+        body = "\n".join([line for line in lines if not line.startswith("RW ")]
+                         + [line for line in lines if line.startswith("RW ")])
+        return "#" * (sectors * 512 - len(body) - 1) + "\n" + body
+
+    rewrite_descriptor(path, fill)
+    assert accepted(path).details["extent"] == "d.vmdk"
