@@ -1,8 +1,10 @@
 """Pins of formats.py's rules that a mutation run found untested: every
 format refused by name is recognised at its offset, and the numeric bounds of
 the header checks hold from both sides (qcow2 cluster size, VMDK grain size,
-VHD and VDI sizes, VDI block counts and parent UUIDs).  Images come from
-qemu-img (test_formats.py's helpers), patched where a bound is tested.
+VHD and VDI sizes, the VHD table size and block bitmap, VDI block counts and
+parent UUIDs), and nothing past a member or its VMDK descriptor is read.
+Images come from qemu-img (test_formats.py's helpers), patched where a bound
+is tested.
 """
 
 import struct

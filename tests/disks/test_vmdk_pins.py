@@ -1,7 +1,8 @@
 """Pins of vmdkread.py's and vmdkstream.py's rules that a mutation run found
 untested: the header bounds the reader accepts (from both sides), a grain
 directory deferred to a footer that is missing or empty, compressed sizes,
-holes left in the output, progress reports; the writer's markers, geometry,
+holes left in the output, progress reports, the write-every-byte mode (zero()
+covers exactly the grains without data); the writer's markers, geometry,
 trailing holes in the source and data across grain table boundaries.
 """
 
