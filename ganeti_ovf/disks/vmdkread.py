@@ -375,9 +375,10 @@ def write_stream_optimized(member: Member, out: int, dest: str, virtual_size: in
 
 
 def _zero_grains(geo: _Geometry, first: int, end: int, zero: Zero) -> None:
-    start, stop = first * geo.grain, min(end * geo.grain, geo.capacity)
-    if stop > start:
-        zero(start, stop - start)
+    """Zero grains [first, end): a non-empty run whose first grain is inside
+    the disk (the last grain may end past the capacity: cut there)."""
+    start = first * geo.grain
+    zero(start, min(end * geo.grain, geo.capacity) - start)
 
 
 def _zero_unstored(geo: _Geometry, index: int, table: array, zero: Zero) -> None:
