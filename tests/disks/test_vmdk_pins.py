@@ -2,7 +2,7 @@
 untested: the header bounds the reader accepts (from both sides), a grain
 directory deferred to a footer that is missing or empty, compressed sizes,
 holes left in the output, progress reports, the write-every-byte mode (zero()
-covers exactly the grains without data); the writer's markers, geometry,
+covers exactly the grains without data); the writer's markers, geometry, progress,
 trailing holes in the source and data across grain table boundaries.
 """
 
@@ -446,3 +446,16 @@ def test_table_of_zeroed_grains_is_zeroed(tmp_path):
     zeros = make_raw(tmp_path / "zeros.raw", 2 * MIB, [])
     covered = written_over_old_data(image, zeros, tmp_path, [0, 31])
     assert covered == [1] * 32
+
+
+def test_writer_progress_counts_through_each_batch(tmp_path):
+    # Data in grain 0 and in grains 16..23 of a 2 MiB source: after each
+    # batch (8 grains, 512 KiB) the writer reports the source done through
+    # that batch's end, holes skipped included; then all of it.
+    pieces = [(0, b"\x01" * KIB), (16 * GRAIN, b"\x02" * 8 * GRAIN)]
+    raw = make_raw(tmp_path / "src.raw", 2 * MIB, pieces)
+    calls = []
+    with open(tmp_path / "d.vmdk", "wb") as out:
+        vmdkstream.write_stream_optimized(
+            raw, out, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(512 * KIB, 2 * MIB), (1536 * KIB, 2 * MIB), (2 * MIB, 2 * MIB)]
