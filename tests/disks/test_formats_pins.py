@@ -184,6 +184,19 @@ def test_vdi_parent_uuid_every_byte(tmp_path):
     assert accepted(create(tmp_path, "clean.vdi", "vdi")).format == "vdi"
 
 
+@pytest.mark.parametrize("image_type, reasons", [
+    (1, None), (2, None), (3, "unsupported image type"), (4, "differencing image"),
+    (5, "unsupported image type")])
+def test_vdi_image_types(tmp_path, image_type, reasons):
+    # Dynamic (1) and fixed (2) only; differencing (4) says why, by itself.
+    path = create(tmp_path, "d.vdi", "vdi")
+    patch(path, 76, struct.pack("<I", image_type))
+    if reasons is None:
+        assert accepted(path).format == "vdi"
+    else:
+        assert refused(whole(path)) == "d.vdi: refused vdi image: " + reasons
+
+
 @pytest.mark.parametrize("size, ok", [(0, False), (1, True)])
 def test_vdi_size_bound(tmp_path, size, ok):
     path = create(tmp_path, "d.vdi", "vdi")

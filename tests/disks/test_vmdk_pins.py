@@ -1,9 +1,11 @@
 """Pins of vmdkread.py's and vmdkstream.py's rules that a mutation run found
 untested: the header bounds the reader accepts (from both sides), a grain
-directory deferred to a footer that is missing or empty, compressed sizes,
-holes left in the output, progress reports, the write-every-byte mode (zero()
-covers exactly the grains without data); the writer's markers, geometry, progress,
-trailing holes in the source and data across grain table boundaries.
+directory deferred to a footer that is missing or empty, the end-of-stream
+marker, compressed sizes, grains past the capacity, a file shrinking while
+read, holes left in the output, progress reports, the write-every-byte mode
+(zero() covers exactly the grains without data); the writer's markers,
+geometry, progress, trailing holes in the source and data across grain table
+boundaries.
 """
 
 import os
@@ -109,6 +111,18 @@ def test_footer_missing_while_the_header_defers_to_it(streamed, tmp_path):
         read_to_raw(whole(image), tmp_path / "out.raw")
     assert str(info.value) == ("disk.vmdk: VMDK grain directory is at the end but the file"
                                " has no footer (truncated?)")
+
+
+@pytest.mark.parametrize("field, value", [(0, 1), (8, 1), (12, vmdkstream.MARKER_GT)])
+def test_end_of_stream_marker_must_be_all_zero(streamed, tmp_path, field, value):
+    # The last sector is the end-of-stream marker {0, 0, type 0}: any one
+    # field otherwise (sectors, size, type) and the file has no footer.
+    _, image = streamed
+    with open(image, "r+b") as handle:
+        handle.seek(os.path.getsize(image) - SECTOR + field)
+        handle.write(struct.pack("<I", value))
+    with pytest.raises(DiskError, match="no footer"):
+        read_to_raw(whole(image), tmp_path / "out.raw")
 
 
 def test_footer_without_a_grain_directory(streamed, tmp_path):
@@ -459,3 +473,32 @@ def test_writer_progress_counts_through_each_batch(tmp_path):
         vmdkstream.write_stream_optimized(
             raw, out, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(512 * KIB, 2 * MIB), (1536 * KIB, 2 * MIB), (2 * MIB, 2 * MIB)]
+
+
+def test_grain_past_the_capacity_in_the_first_table(streamed, tmp_path):
+    # A 2 MiB disk has 32 grains: table 0's entry 40 names no grain of it.
+    _, image = streamed
+    table = grain_table_offset(image)
+    with open(image, "r+b") as handle:
+        handle.seek(table)
+        first = handle.read(4)
+        handle.seek(table + 40 * 4)
+        handle.write(first)
+    with pytest.raises(DiskError) as info:
+        read_to_raw(whole(image), tmp_path / "out.raw")
+    assert str(info.value) == ("disk.vmdk: VMDK grain table 0 has a grain past the"
+                               " capacity (grain 40 of 32)")
+
+
+def test_file_shrinking_while_read(tmp_path):
+    # A package may change while it is read: bytes missing under the
+    # member's range are an error, never short data.
+    path = tmp_path / "disk.vmdk"
+    path.write_bytes(bytes(4 * SECTOR))
+    member = whole(path)
+    os.truncate(path, 3 * SECTOR)
+    source = vmdkread._Source(member.fd, member)
+    assert source.read(2 * SECTOR, SECTOR, "VMDK grains") == bytes(SECTOR)
+    with pytest.raises(DiskError) as info:
+        source.read(3 * SECTOR, SECTOR, "VMDK grains")
+    assert str(info.value) == "disk.vmdk: file ends inside VMDK grains"
