@@ -77,10 +77,10 @@ class _Geometry:
             raise DiskError("%s: not a streamOptimized VMDK (flags %#x, compression %d):"
                             " need deflate-compressed grains with markers"
                             % (name, flags, compression))
-        if not 0 < grain_sectors * SECTOR <= MAX_GRAIN_BYTES \
-                or grain_sectors & (grain_sectors - 1):
+        max_grain_sectors = MAX_GRAIN_BYTES // SECTOR
+        if not 0 < grain_sectors <= max_grain_sectors or grain_sectors & (grain_sectors - 1):
             raise DiskError("%s: VMDK grain size %d sectors is not a power of two up to %d"
-                            % (name, grain_sectors, MAX_GRAIN_BYTES // SECTOR))
+                            % (name, grain_sectors, max_grain_sectors))
         if not 0 < gtes <= MAX_GTES_PER_GT:
             raise DiskError("%s: VMDK numGTEsPerGT %d is not 1..%d"
                             % (name, gtes, MAX_GTES_PER_GT))
