@@ -22,10 +22,10 @@ PACKAGES    = ganeti_ovf ganeti_ovf/package ganeti_ovf/descriptor ganeti_ovf/dis
 
 # Debian packages the project needs to run and to be tested.
 DEB_RUNTIME = ganeti ganeti-os-noop qemu-utils python3-lxml python3-pyparsing \
-              python3-cryptography util-linux libdeflate0 pigz isal
+              python3-cryptography util-linux libdeflate0 libisal2 pigz isal
 DEB_TEST    = python3-pytest python3-mock python3-hypothesis tar openssl \
               man-db groff-base iproute2 procps python3-venv \
-              dpkg-dev debhelper build-essential git time \
+              dpkg-dev debhelper build-essential libisal-dev git time \
               qemu-system-x86 mtools syslinux dosfstools busybox-static
 DEB_ALL     = $(DEB_RUNTIME) $(DEB_TEST)
 

@@ -25,7 +25,6 @@ import ganeti_ovf
 from ganeti_ovf import describe, exporter, importer, publish
 from ganeti_ovf.cluster import ganeti_export, hardware_map, instance, jobs, status
 from ganeti_ovf.errors import OptionError, OvfError, printable
-from ganeti_ovf.package.reader import Package
 from ganeti_ovf.plan import ImportOverrides
 
 EXIT_FAILURE = constants.EXIT_FAILURE
@@ -93,9 +92,9 @@ COMPRESS_OPT = cli_option("--compress", dest="compress", default=False,
                           help="Gzip each disk file (ovf:compression=gzip)")
 COMPRESS_LEVEL_OPT = cli_option("--compress-level", dest="compress_level", default=None,
                                 type="int", metavar="<0-9>",
-                                help="Deflate level of --compress (default: 1, as small"
-                                " as gzip -6 on text at three times its speed; 0"
-                                " stores)")
+                                help="Deflate level of --compress: 0 stores, 1-2 use"
+                                " ISA-L (fastest), 3-9 libdeflate (smallest);"
+                                " default: 1")
 OVA_OPT = cli_option("--ova", dest="ova", default=False, action="store_true",
                      help="Write one OVA archive instead of an OVF folder")
 EXTERNAL_OPT = cli_option("--external", dest="external", default=False,
@@ -551,7 +550,7 @@ def ShowPackageInfo(opts, args):
     max_staged = _size_option(opts.max_disk_size, "--max-disk-size",
                               importer.DEFAULT_MAX_DISK_SIZE)
     with publish.scratch_dir() as scratch:
-        package = Package.open(args[0], staging_dir=scratch, max_staged=max_staged)
+        package = importer.open_package(args[0], scratch, max_staged)
         appliance = importer.read_package(package, opts.profile)
         document = describe.describe_package(package, appliance, verify=opts.verify,
                                              trust_store=opts.trust_store)

@@ -223,15 +223,12 @@ class Staging:
                                % (self.output_dir, err.strerror))
         finally:
             os.umask(old_umask)
-        old_umask = os.umask(0o077)
-        try:
+        try:  # mode 0700, whatever the umask
             self.path = tempfile.mkdtemp(prefix=STAGING_PREFIX + _safe(self.name) + ".",
                                          dir=self.output_dir)
         except OSError as err:
             raise PublishError("%s: cannot create staging directory: %s"
                                % (self.output_dir, err.strerror))
-        finally:
-            os.umask(old_umask)
         self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return self
@@ -322,17 +319,14 @@ def scratch_parent() -> str:
 
 @contextmanager
 def scratch_dir() -> Iterator[str]:
-    """A private temporary directory (mode 0700) under scratch_parent(),
-    removed afterwards."""
-    old_umask = os.umask(0o077)
+    """A private temporary directory (mode 0700, as mkdtemp always makes
+    it) under scratch_parent(), removed afterwards."""
     parent = scratch_parent()
     try:
         path = tempfile.mkdtemp(prefix="gnt-ovf-", dir=parent)
     except OSError as err:
         raise PublishError("%s: cannot create a scratch directory: %s"
                            % (parent, err.strerror)) from None
-    finally:
-        os.umask(old_umask)
     try:
         yield path
     finally:
@@ -348,8 +342,7 @@ def _fsync_dir(path: str) -> None:
 
 
 def _remove(path: str) -> None:
-    if not path:
-        return
+    """Remove what `path` names, if anything ("" names nothing)."""
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):

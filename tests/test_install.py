@@ -255,7 +255,7 @@ def test_deb_control_fields(deb):
     for dependency in DEB_DEPENDS:
         assert dependency in depends, dependency
     recommends = [item.strip() for item in _deb_field(deb, "Recommends").split(",")]
-    assert recommends == ["ganeti-os-noop", "pigz", "libdeflate0", "isal"]
+    assert recommends == ["ganeti-os-noop", "pigz", "libdeflate0", "libisal2", "isal"]
 
 
 @pytest.mark.slow

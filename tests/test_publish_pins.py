@@ -7,7 +7,7 @@ no-replace rename's other failures and its fallback, what replacing removes
 import os
 
 import pytest
-from ganeti import runtime
+from ganeti import errors, runtime
 
 from ganeti_ovf import publish
 from ganeti_ovf.errors import PublishError
@@ -253,3 +253,21 @@ def test_output_directory_groups_of_ganeti(tmp_path):
     with pytest.raises(PublishError, match="admin: .* it is writable by group %d,"
                                            % ents.admin_gid):
         publish.output_directory(path)
+
+
+def test_root_is_trusted_whoever_runs_gnt_ovf(monkeypatch):
+    """Root (user and group) always, the user running gnt-ovf too, even where
+    Ganeti's daemon users are not set up."""
+    def no_ganeti_users():
+        raise errors.GenericError("no Ganeti users here")
+    monkeypatch.setattr(runtime, "GetEnts", no_ganeti_users)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert publish._trusted_ids() == ({0, 1000}, {0})
+
+
+def test_scratch_directory_is_private_and_removed(tmp_path, monkeypatch, no_umask):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    with publish.scratch_dir() as scratch:
+        assert os.path.dirname(scratch) == str(tmp_path)
+        assert os.stat(scratch).st_mode & 0o777 == 0o700
+    assert os.listdir(str(tmp_path)) == []

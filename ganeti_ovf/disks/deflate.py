@@ -1,22 +1,42 @@
 """One-shot deflate of small buffers (zlib or gzip framing), as fast as we can.
 
 This module owns the choice of compressor backend for the VMDK writer and the
-gzip writer: the libdeflate shared library (Debian package libdeflate0)
-through ctypes when it is installed, Python's zlib otherwise.  Both produce
-streams that any inflate accepts; their bytes differ, so output is
-deterministic per backend.
+gzip writer: ISA-L's igzip (Debian package libisal2, through isal.py), the
+libdeflate shared library (libdeflate0) through ctypes, and Python's zlib,
+whichever are installed.  All produce streams that any inflate accepts;
+their bytes differ, so output is deterministic per backend and level.
+
+Levels are zlib's 0..9 (`--compress-level`; the VMDK writer uses 1).  The
+backend follows the level (best_backend), by this measurement: 64 KiB grains
+of the bench's text (32 MiB), one thread, MB/s of input per second of that
+thread's CPU time (so a busy machine does not skew it), medians of 3, on the
+2-core machine of PERF-FACTS.md; output / input:
+
+    ISA-L level 1       0.490  398 MB/s    libdeflate level 1  0.456  158 MB/s
+    ISA-L level 2       0.462  338 MB/s    libdeflate level 2  0.433  123 MB/s
+    ISA-L level 3       0.459  300 MB/s    libdeflate level 6  0.432  101 MB/s
+    zlib level 1        0.488   86 MB/s    libdeflate level 9  0.432   78 MB/s
+    zlib level 6        0.459   53 MB/s
+
+so levels 1 and 2 go to ISA-L (2.5 times libdeflate's speed, 5-6 times
+zlib's; 7 % and 1 % more output than zlib -6) and 3..9 to libdeflate at the
+same level (6 % less than zlib -6 at 1.5-2.3 times its speed).  Either stands
+in for the other when it is not installed (ISA-L then maps levels 3..9 to
+its level 3, ISAL_LEVEL), and zlib for both; naming a backend
+(compressor_factory) overrides the choice.  Random grains are stored
+(below) at 1.6-2.4 GB/s with ISA-L or libdeflate, 0.6 GB/s with zlib.
 
 It also owns the shortcut for data that does not compress (random bytes,
-already compressed files): deflating it costs as much CPU as text (about
-130 MB/s a core with libdeflate level 1) for nothing, so a compressor first
-deflates two small samples and, when neither shrinks below STORE_ABOVE, emits
-deflate's stored blocks (level 0: a copy, plus the checksum).  Stored blocks
-are plain deflate: every inflater reads them.
+already compressed files): deflating it costs as much CPU as text for
+nothing, so a compressor first deflates two small samples and, when neither
+shrinks below STORE_ABOVE, emits deflate's stored blocks (level 0: a copy,
+plus the checksum).  Stored blocks are plain deflate: every inflater reads
+them.
 
-A Compressor is not thread-safe (libdeflate's compressor holds state); make
-one per thread.  Both backends release the GIL while compressing (ctypes
-drops it around foreign calls, CPython's zlib around deflate()), which is
-what lets a thread pool use every core.
+A Compressor is not thread-safe (ISA-L's and libdeflate's compressors hold
+state); make one per thread.  All backends release the GIL while
+compressing (ctypes drops it around foreign calls, CPython's zlib around
+deflate()), which is what lets a thread pool use every core.
 """
 
 import ctypes
@@ -24,14 +44,20 @@ import ctypes.util
 import struct
 import threading
 import zlib
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Tuple, Union
 
+from ganeti_ovf.disks import isal
 from ganeti_ovf.errors import OptionError
 
 Buffer = Union[bytes, bytearray, memoryview]
 
 MIN_LEVEL = 0
 MAX_LEVEL = 9  # zlib's range; libdeflate accepts it too (it goes to 12)
+
+# Our level -> ISA-L's (0..3; 0 is ours: stored blocks, never ISA-L's 0).
+ISAL_LEVEL = {level: min(level, isal.MAX_LEVEL) for level in range(1, MAX_LEVEL + 1)}
+# The levels the default backend choice gives ISA-L (module docstring).
+ISAL_DEFAULT_LEVELS = (1, 2)
 
 # Samples: two of SAMPLE bytes (the start and the middle of a buffer).  Text
 # samples deflate to about 0.6, random ones to 1.002; STORE_ABOVE sits
@@ -214,7 +240,31 @@ class LibdeflateCompressor(_Base):
         return ctypes.string_at(self._out, written)
 
 
-Compressor = Union[ZlibCompressor, LibdeflateCompressor]
+class IsalCompressor(_Base):
+    """ISA-L's igzip (isal.py): the fastest deflate here, a little larger.
+
+    Stored blocks and the small samples go to a helper (libdeflate, else
+    zlib): ISA-L's level 0 still compresses, and each ISA-L call clears its
+    hash tables, which costs more than deflating a 2 KiB sample.
+    """
+
+    name = "isal"
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        if isal.LIB is None:
+            raise OptionError("ISA-L is not installed (package libisal2)")
+        self._stream = isal.Stream()
+        self._helper: _Base = LibdeflateCompressor(0) if _LIBDEFLATE is not None \
+            else ZlibCompressor(0)
+
+    def _deflate(self, framing: str, data: Buffer, level: int) -> bytes:
+        if level == 0 or len(data) <= SAMPLE:
+            return self._helper._deflate(framing, data, level)
+        return self._stream.deflate(framing, data, ISAL_LEVEL[level])
+
+
+Compressor = Union[ZlibCompressor, LibdeflateCompressor, IsalCompressor]
 
 
 class GzipMemberError(ValueError):
@@ -312,9 +362,9 @@ def inflate_zlib(data: Buffer, size: int) -> Optional[bytes]:
 
 
 def inflater(backend: Optional[str] = None) -> Inflater:
-    """A member inflater (one per thread): libdeflate if installed, or zlib."""
-    backend = backend or best_backend()
-    if backend == "libdeflate" and _LIBDEFLATE is not None:
+    """A member inflater (one per thread): libdeflate if installed (unless
+    backend is 'zlib'), or zlib.  ISA-L is used for deflating only."""
+    if backend != "zlib" and _LIBDEFLATE is not None:
         return LibdeflateInflater()
     return ZlibInflater()
 
@@ -327,24 +377,40 @@ def check_level(level: int) -> None:
                           f" from {MIN_LEVEL} to {MAX_LEVEL}")
 
 
-def best_backend() -> str:
-    """Name of the fastest backend installed: 'libdeflate' or 'zlib'."""
-    return "libdeflate" if _LIBDEFLATE is not None else "zlib"
+def installed() -> Tuple[str, ...]:
+    """The backends usable here, fastest first."""
+    return tuple(name for name, usable in (("isal", isal.LIB is not None),
+                                           ("libdeflate", _LIBDEFLATE is not None),
+                                           ("zlib", True)) if usable)
+
+
+def best_backend(level: int = 1) -> str:
+    """The backend that deflates at `level` by default (module docstring):
+    ISA-L first for ISAL_DEFAULT_LEVELS, libdeflate first for the others,
+    then the other one, then zlib."""
+    order = ("isal", "libdeflate") if level in ISAL_DEFAULT_LEVELS \
+        else ("libdeflate", "isal")
+    usable = installed()
+    return next((name for name in order if name in usable), "zlib")
+
+
+_MAKERS = {"isal": IsalCompressor, "libdeflate": LibdeflateCompressor,
+           "zlib": ZlibCompressor}
+_PACKAGES = {"isal": "libisal2", "libdeflate": "libdeflate0"}
 
 
 def compressor_factory(level: int,
                        backend: Optional[str] = None) -> Callable[[], Compressor]:
     """Return a function making one compressor (call it once per thread).
 
-    backend is 'libdeflate', 'zlib' or None for the best installed one.
+    backend is 'isal', 'libdeflate', 'zlib' or None for best_backend(level).
     """
     check_level(level)
-    backend = backend or best_backend()
-    if backend == "libdeflate":
-        if _LIBDEFLATE is None:
-            raise OptionError("compressor backend: libdeflate is not installed"
-                              " (package libdeflate0)")
-        return lambda: LibdeflateCompressor(level)
-    if backend == "zlib":
-        return lambda: ZlibCompressor(level)
-    raise OptionError(f"compressor backend: unknown backend {backend!r}")
+    backend = backend or best_backend(level)
+    maker = _MAKERS.get(backend)
+    if maker is None:
+        raise OptionError(f"compressor backend: unknown backend {backend!r}")
+    if backend not in installed():
+        raise OptionError(f"compressor backend: {backend} is not installed"
+                          f" (package {_PACKAGES[backend]})")
+    return lambda: maker(level)

@@ -13,11 +13,18 @@ Reading (gunzip) takes the fastest way the stream and the machine allow
   - members written here (their "Go" extra field gives each one's size) are
     found without inflating and inflated in parallel, whole, by libdeflate
     (zlib without it), each checked against its CRC and size;
-  - any other stream goes through igzip (Debian package isal), else pigz, as
-    a filter (qemu.run_filter: no shell, limits, bounded messages), and the
-    output's CRC and size must match the stream's last trailer; when they do
-    not (several members, or data after the stream) Python's zlib checks the
-    stream strictly, as it inflates it when neither tool is installed.
+  - any other stream that compresses (see _compresses) goes through igzip
+    (Debian package isal), else pigz, as a filter (qemu.run_filter: no
+    shell, limits, bounded messages), and the output's CRC and size must
+    match the stream's last trailer; when they do not (several members, or
+    data after the stream) Python's zlib checks the stream strictly, as it
+    inflates it when neither tool is installed, and a stream that barely
+    compresses (gzip of a streamOptimized VMDK, or of an OVA holding one):
+    zlib inflates that as fast as a tool, whose output would still cross a
+    pipe (measured on such a 1.5 GB OVA: 2.9 s against igzip's 3.5 s).
+With `padding`, zero bytes after the stream are accepted, as gzip -d accepts
+them (a tape-padded archive; a gzip-compressed OVA is read so); anything
+else after them is still refused.
 The stored bytes are read once here; the importer's digest runs beside.
 Output goes to the caller's write() in pieces of at most 1 MiB, so a bomb
 meets the caller's size limit before it meets memory.
@@ -37,8 +44,9 @@ from ganeti_ovf.model import Member
 
 MEMBER = 512 * 1024  # input bytes per gzip member
 MAX_THREADS = 8  # as vmdkstream: beyond this the disk writes are the limit
-# The default level, chosen by measurement (README, "Performance"): libdeflate
-# level 1 deflates text within 5 % of gzip -6's size at three times its speed.
+# The default level, chosen by measurement (deflate.py's docstring): level 1
+# (ISA-L) deflates text to 7 % more than gzip -6 at seven times its speed;
+# with libdeflate only, to 1 % less at three times.
 DEFAULT_LEVEL = 1
 
 _ZERO_MEMBER = bytes(MEMBER)
@@ -161,11 +169,16 @@ TOOLS: List[Tuple[str, str, List[str]]] = [
     ("pigz", "/usr/bin/pigz", ["-d", "-c"]),
 ]
 READ_BLOCK = 1024 ** 2
+# zlib's own reads: with input and output blocks both of 1 MiB, glibc's
+# malloc maps and unmaps each one (its dynamic mmap threshold): 1.3 s of
+# system time per 1.5 GB; smaller reads keep them on the heap.
+ZLIB_READ = 256 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 _WBITS = 16 + zlib.MAX_WBITS
 _HEADER = deflate.GZIP_HEADER
 _TRAILER = deflate.GZIP_TRAILER
 _MAX_MEMBER_OUT = 8 * MEMBER  # a "Go" member claiming more is not ours
+TOOL_RATIO = 1.5  # inflated / stored bytes from which a tool beats zlib
 _MASK = 0xFFFFFFFF
 
 Write = Callable[[bytes], None]
@@ -200,20 +213,22 @@ class _Stored:
     def pread(self, offset: int, count: int) -> bytes:
         return b"".join(self.blocks(offset, count))
 
-    def blocks(self, offset: int = 0, count: Optional[int] = None) -> Iterator[bytes]:
+    def blocks(self, offset: int = 0, count: Optional[int] = None,
+               size: int = READ_BLOCK) -> Iterator[bytes]:
         if count is None:
             count = self.size - offset
         for member, position, length in self._ranges(offset, count):
-            yield from read_range(member, position, length)
+            yield from read_range(member, position, length, size)
 
 
-def read_range(member: Member, position: int, length: int) -> Iterator[bytes]:
-    """Bytes [position, +length) of `member`'s file, in blocks (a file that
-    ends early is a DiskError)."""
+def read_range(member: Member, position: int, length: int,
+               size: int = READ_BLOCK) -> Iterator[bytes]:
+    """Bytes [position, +length) of `member`'s file, in blocks of `size` (a
+    file that ends early is a DiskError)."""
     end = position + length
     while position < end:
         try:
-            block = os.pread(member.fd, min(READ_BLOCK, end - position), position)
+            block = os.pread(member.fd, min(size, end - position), position)
         except OSError as err:
             raise DiskError("%s: cannot read %s: %s"
                             % (member.name, member.path, err.strerror)) from None
@@ -279,20 +294,28 @@ def _inflate_members(stored: _Stored, write: Write, name: str,
     return stop
 
 
-def _inflate_zlib(blocks: Iterator[bytes], write: Write, name: str) -> None:
+def _inflate_zlib(blocks: Iterator[bytes], write: Write, name: str,
+                  padding: bool = False) -> None:
     """Stream-inflate with Python's zlib, strictly: several members one after
     another are one file (as gzip -d reads them); anything else after the
-    last member, a member cut short or an empty file is refused."""
+    last member (but zeros, with `padding`: then only zeros), a member cut
+    short or an empty file is refused."""
     decomp = zlib.decompressobj(_WBITS)
     pending = b""  # bytes after a finished member, too few to judge yet
-    empty = True
+    empty, padded = True, False
     try:
         for data in blocks:
             empty = False
             data, pending = pending + data, b""
             while data:
                 if decomp.eof:
-                    # The member ended: only another member may follow.
+                    # The member ended: only another member may follow (or,
+                    # with padding, zeros up to the end).
+                    if padding and not data.strip(b"\0"):
+                        padded = True
+                        break
+                    if padded:
+                        raise DiskError("%s: trailing data after the gzip stream" % name)
                     if len(data) < len(GZIP_MAGIC):
                         pending = data
                         break
@@ -365,8 +388,39 @@ def _whole_file(stored: _Stored) -> Optional[int]:
     return fd
 
 
+def _data_end(stored: _Stored) -> int:
+    """The offset just past the last non-zero byte (0: all zeros), read
+    backwards from the end (a block at first, as padding is short)."""
+    end, block = stored.size, _TRAILER.size + 512
+    while end > 0:
+        start = max(0, end - block)
+        data = stored.pread(start, end - start)
+        kept = len(data.rstrip(b"\0"))
+        if kept:
+            return start + kept
+        end, block = start, READ_BLOCK
+    return 0
+
+
+def _padded_trailers(stored: _Stored) -> List[Tuple[int, int]]:
+    """The trailers the stream may end with when zeros follow it: its last
+    non-zero byte is at most the trailer's last (its size may end in zeros)."""
+    end = _data_end(stored)
+    return [_TRAILER.unpack(stored.pread(stop - _TRAILER.size, _TRAILER.size))
+            for stop in range(max(end, _TRAILER.size), min(end + _TRAILER.size, stored.size))]
+
+
+def _compresses(stored: _Stored) -> bool:
+    """False when the last trailer says the stream barely compresses: its
+    size (mod 2**32) from 0.95 to TOOL_RATIO times the stored bytes, where
+    no wrapped size of a compressible stream is likely to fall.  Only the
+    speed depends on it: a stream that lies is inflated as strictly."""
+    size = _TRAILER.unpack(stored.pread(stored.size - _TRAILER.size, _TRAILER.size))[1]
+    return not 0.95 * stored.size <= size < TOOL_RATIO * stored.size
+
+
 def _inflate_tool(tool: Tuple[str, str, List[str]], stored: _Stored, write: Write,
-                  name: str) -> None:
+                  name: str, padding: bool) -> None:
     label, program, args = tool
     trailer = _TRAILER.unpack(stored.pread(stored.size - _TRAILER.size, _TRAILER.size))
     tally = _Tally(write)
@@ -379,44 +433,49 @@ def _inflate_tool(tool: Tuple[str, str, List[str]], stored: _Stored, write: Writ
     except qemu.FilterError:
         # zlib's precise reason (truncated, trailing data...), within the
         # output the tool produced (which write() accepted).
-        _inflate_zlib(stored.blocks(), _Tally(limit=tally.size + READ_BLOCK, name=name),
-                      name)
+        _inflate_zlib(stored.blocks(size=ZLIB_READ),
+                      _Tally(limit=tally.size + READ_BLOCK, name=name), name, padding)
         raise
     finally:
         if fd is not None:
             os.close(fd)
-    if tally.matches(trailer):
+    if tally.matches(trailer) or \
+            (padding and any(tally.matches(other) for other in _padded_trailers(stored))):
         return  # one member, ending where the file ends (a file that grew
-        # while read inflates to more than its trailer says: caught here)
+        # while read inflates to more than its trailer says: caught here),
+        # or where the zeros after it start
     # Several members, or data after the stream (which the tools ignore).
     check = _Tally(limit=tally.size, name=name)
-    _inflate_zlib(stored.blocks(), check, name)
+    _inflate_zlib(stored.blocks(size=ZLIB_READ), check, name, padding)
     if (check.crc, check.size) != (tally.crc, tally.size):
         raise DiskError("%s: %s and zlib inflate the gzip stream differently" % (name, label))
 
 
 def gunzip(members: Sequence[Member], write: Write, name: str,
-           backend: Optional[str] = None) -> str:
+           backend: Optional[str] = None, padding: bool = False) -> str:
     """Inflate the gzip file made of `members` (its chunks) into write().
 
     Returns how ("libdeflate", "zlib", "igzip", "pigz", or two of them joined
     by "+" when a stream of members written here goes on with another).
     Raises DiskError for a corrupt, truncated or empty stream or data after
-    it, and passes on write()'s errors (a size limit).
+    it (zeros are not, with `padding`), and passes on write()'s errors (a
+    size limit).
     """
     stored = _Stored(members)
     used: List[str] = []
     if stored.size >= _HEADER.size and _go_member(stored, 0) is not None:
         used.append(deflate.inflater(backend).name)
         stop = _inflate_members(stored, write, name, backend)
-        if stop is None:
+        if stop is None or (padding and _data_end(stored) <= stop):
             return used[0]
         stored = stored.tail(stop)  # another stream was appended: go on with it
+        if stored.pread(0, len(GZIP_MAGIC)) != GZIP_MAGIC:
+            raise DiskError("%s: trailing data after the gzip stream" % name)
     tool = installed_tool()
-    if tool is None or stored.size < _HEADER.size:
-        _inflate_zlib(stored.blocks(), write, name)
+    if tool is None or stored.size < _HEADER.size or not _compresses(stored):
+        _inflate_zlib(stored.blocks(size=ZLIB_READ), write, name, padding)
         used.append("zlib")
     else:
-        _inflate_tool(tool, stored, write, name)
+        _inflate_tool(tool, stored, write, name, padding)
         used.append(tool[0])
     return "+".join(used)

@@ -313,9 +313,10 @@ def write_stream_optimized(source: sparse.Source, out: BinaryIO, *,
     to hash the bytes.  capacity (bytes, a multiple of 512) defaults to the
     source size rounded up to a sector; grains past the source end read as
     zero.  threads 0 means one per processor; at most MAX_THREADS are used.
-    level is the deflate level (0-9); backend picks 'libdeflate' or 'zlib'
-    (default: the fastest installed).  name is the extent file name recorded
-    in the descriptor (default: the source's base name + .vmdk).
+    level is the deflate level (0-9); backend picks 'isal', 'libdeflate'
+    or 'zlib' (default: deflate.best_backend(level), ISA-L for level 1).
+    name is the extent file name recorded in the descriptor (default: the
+    source's base name + .vmdk).
     progress(done, total) is called with virtual bytes covered so far.
 
     Returns the number of bytes written.  Raises DiskError for an unreadable

@@ -5,7 +5,9 @@ out `Member` byte ranges for the files it holds.  Nothing is ever extracted: an
 OVF folder's member is the file itself, an OVA member is a range of the tar
 (see tarreader.py for the tar rules).  A gzip-compressed OVA is the one case
 that needs a copy: it is decompressed, streaming, into a private file in the
-caller's staging directory and read in place from there.
+caller's staging directory and read in place from there.  The caller passes
+the inflater (disks/gzipstream.gunzip, a later stage: igzip, libdeflate or
+pigz); without one Python's zlib does it here, to the same rules.
 
 Safety: member names are relative paths of plain components (hrefs such as
 `disks/disk1.vmdk` included); in a folder every component is opened with
@@ -24,9 +26,9 @@ import stat
 import tempfile
 import weakref
 import zlib
-from typing import BinaryIO, Dict, List, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
-from ganeti_ovf.errors import PackageError
+from ganeti_ovf.errors import OvfError, PackageError
 from ganeti_ovf.model import Member
 from ganeti_ovf.package import tarreader
 from ganeti_ovf.package.manifest import Manifest, parse_manifest
@@ -39,6 +41,16 @@ GZIP_MAGIC = b"\x1f\x8b"
 _GUNZIP_READ = 1 << 20
 _GUNZIP_OUT = 16 << 20  # bounds memory per step however well the input compresses
 _CHUNK_DIGITS = 9  # href.000000000, as the OVF specification numbers chunks
+
+
+class Inflate(Protocol):
+    """How a gzip-compressed OVA is inflated (disks/gzipstream.gunzip has
+    this shape): the gzip file made of `members` into write(), refusing a
+    corrupt, truncated or empty stream and data after it but zeros when
+    `padding`; write()'s errors pass through."""
+
+    def __call__(self, members: Sequence[Member], write: Callable[[bytes], None],
+                 name: str, *, padding: bool) -> object: ...
 
 
 class Package:
@@ -58,13 +70,15 @@ class Package:
     @classmethod
     def open(cls, path: str, staging_dir: Optional[str] = None,
              max_members: int = tarreader.MAX_MEMBERS,
-             max_staged: Optional[int] = None) -> "Package":
+             max_staged: Optional[int] = None,
+             inflate: Optional[Inflate] = None) -> "Package":
         """Open the .ovf descriptor (files beside it) or .ova archive at `path`.
 
-        A gzip-compressed OVA is decompressed into `staging_dir`: at most
-        `max_staged` bytes (--max-disk-size; None: no cap of its own) and
-        never more than the free space there.  Raises PackageError for
-        anything that is neither, is unsafe, or exceeds those bounds.
+        A gzip-compressed OVA is decompressed into `staging_dir` by `inflate`
+        (None: Python's zlib): at most `max_staged` bytes (--max-disk-size;
+        None: no cap of its own) and never more than the free space there.
+        Raises PackageError for anything that is neither, is unsafe, or
+        exceeds those bounds.
         """
         directory, source, linked = _open_operator_path(path)
         try:
@@ -76,7 +90,8 @@ class Package:
                 if staging_dir is None:
                     raise PackageError("%s: a gzip-compressed OVA needs a staging directory"
                                        % path)
-                return _OvaPackage(path, [source, _gunzip(source, staging_dir, max_staged)],
+                return _OvaPackage(path, [source, _gunzip(source, staging_dir, max_staged,
+                                                           inflate)],
                                    max_members)
             if tarreader.is_tar_header(head):
                 return _OvaPackage(path, [source], max_members)
@@ -380,17 +395,10 @@ class _OvaPackage(Package):
 
 
 def read_member(member: Member) -> bytes:
-    """All of `member`'s bytes, read through its open descriptor (fewer if
-    the file ends early).  Raises OSError."""
-    parts = []
-    position, end = member.offset, member.offset + member.size
-    while position < end:
-        block = os.pread(member.fd, min(end - position, _GUNZIP_READ), position)
-        if not block:
-            break
-        parts.append(block)
-        position += len(block)
-    return b"".join(parts)
+    """All of a small member's bytes (a capped file: descriptor, manifest,
+    certificate), read through its open descriptor in one pread, which a
+    regular file answers whole unless it ends early.  Raises OSError."""
+    return os.pread(member.fd, member.size, member.offset)
 
 
 def _open_operator_path(path: str) -> Tuple[int, OpenedFile, bool]:
@@ -451,12 +459,14 @@ def _gunzip_bound(path: str, staging_dir: str, cap: Optional[int]) -> Tuple[int,
     return room, "the free space of %s" % staging_dir
 
 
-def _gunzip(source: OpenedFile, staging_dir: str, cap: Optional[int] = None) -> OpenedFile:
-    """Decompress the gzip OVA `source` into a private file in `staging_dir`,
-    within _gunzip_bound().
+def _gunzip(source: OpenedFile, staging_dir: str, cap: Optional[int] = None,
+            inflate: Optional[Inflate] = None) -> OpenedFile:
+    """Decompress the gzip OVA `source` into a private file in `staging_dir`
+    with `inflate` (None: zlib, _gunzip_stream), within _gunzip_bound().
 
     The copy is unlinked at once: it lives while its descriptor is open, and
-    nobody can reach it by name.
+    nobody can reach it by name.  Zero padding after the stream (a tape's
+    blocks) is accepted, as gzip -d accepts it.
     """
     path = source.path
     try:
@@ -466,11 +476,21 @@ def _gunzip(source: OpenedFile, staging_dir: str, cap: Optional[int] = None) -> 
         raise PackageError("%s: cannot create a file in %s: %s"
                            % (path, staging_dir, err.strerror))
     try:
-        reading = os.dup(source.fd)
-        os.lseek(reading, 0, os.SEEK_SET)
-        with os.fdopen(reading, "rb") as stream, os.fdopen(os.dup(fd), "wb") as target:
-            bound = _gunzip_bound(path, staging_dir, cap)
-            _gunzip_stream(path, stream, _BoundedTarget(path, target, *bound))
+        with os.fdopen(os.dup(fd), "wb") as target:
+            bounded = _BoundedTarget(path, target, *_gunzip_bound(path, staging_dir, cap))
+            if inflate is None:
+                reading = os.dup(source.fd)
+                os.lseek(reading, 0, os.SEEK_SET)
+                with os.fdopen(reading, "rb") as stream:
+                    _gunzip_stream(path, stream, bounded)
+            else:
+                whole = Member(os.path.basename(path), path, 0, source.size, source.fd)
+                try:
+                    inflate([whole], bounded.write, path, padding=True)
+                except PackageError:
+                    raise  # the bounds'
+                except OvfError as err:  # the inflater's stage's: this stage's here
+                    raise PackageError(str(err)) from None
     except OSError as err:
         os.close(fd)
         raise PackageError("%s: cannot decompress into %s: %s"
@@ -500,8 +520,10 @@ class _BoundedTarget:
 
 
 def _gunzip_stream(path: str, source: BinaryIO, target: "_BoundedTarget") -> None:
+    """Inflate with Python's zlib, to gzipstream.gunzip's rules and messages."""
     decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
     pending = b""
+    padded = False
     try:
         while True:
             if not pending:
@@ -515,14 +537,13 @@ def _gunzip_stream(path: str, source: BinaryIO, target: "_BoundedTarget") -> Non
                     continue
             if decompressor.eof:
                 # Another gzip member follows (pigz and cat produce these),
-                # or zero padding, which gzip itself ignores.
-                if pending.startswith(GZIP_MAGIC):
-                    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                elif not pending.strip(b"\0"):
-                    pending = b""
+                # or zero padding to the end, which gzip itself ignores.
+                if not pending.strip(b"\0"):
+                    pending, padded = b"", True
                     continue
-                else:
-                    raise PackageError("%s: data after the end of the gzip stream" % path)
+                if padded or not pending.startswith(GZIP_MAGIC):
+                    raise PackageError("%s: trailing data after the gzip stream" % path)
+                decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
             target.write(decompressor.decompress(pending, _GUNZIP_OUT))
             pending = decompressor.unconsumed_tail or decompressor.unused_data
         if not decompressor.eof:
@@ -530,4 +551,4 @@ def _gunzip_stream(path: str, source: BinaryIO, target: "_BoundedTarget") -> Non
     except zlib.error as err:
         raise PackageError("%s: corrupt gzip data: %s" % (path, err))
     if not decompressor.eof:
-        raise PackageError("%s: truncated gzip data" % path)
+        raise PackageError("%s: gzip stream is truncated" % path)

@@ -17,6 +17,7 @@ import threading
 
 import pytest
 
+from inflaters import PATHS, choose_tools
 from members import opened_member
 from ganeti_ovf.disks import deflate, gzipstream, sparse
 from ganeti_ovf.errors import DiskError
@@ -72,8 +73,8 @@ READERS = {
 }
 
 
-@pytest.mark.parametrize("backend", ["libdeflate", "zlib"])
-@pytest.mark.parametrize("level", [0, 1, 6])
+@pytest.mark.parametrize("backend", ["isal", "libdeflate", "zlib"])
+@pytest.mark.parametrize("level", [0, 1, 2, 6])
 def test_every_reader_reads_the_stream(disk, tmp_path, backend, level):
     target = str(tmp_path / "disk.raw.gz")
     writer = write_gzip(disk, target, level=level, backend=backend)
@@ -124,7 +125,7 @@ def member(path: str, offset: int = 0, size=None) -> Member:
     return opened_member(os.path.basename(path), path=path, offset=offset, size=size)
 
 
-def inflate(members, limit=None):
+def inflate(members, limit=None, padding=False):
     out = []
     total = [0]
 
@@ -133,7 +134,7 @@ def inflate(members, limit=None):
         if limit is not None and total[0] > limit:
             raise DiskError("expands beyond the limit of %d bytes" % limit)
         out.append(bytes(data))
-    how = gzipstream.gunzip(members, write, "disk.gz")
+    how = gzipstream.gunzip(members, write, "disk.gz", padding=padding)
     return b"".join(out), how
 
 
@@ -141,11 +142,7 @@ def inflate(members, limit=None):
 def tools(monkeypatch):
     """Choose the inflating programs: a list of names among igzip, pigz;
     the others point at a missing path, as on a machine without them."""
-    def choose(*names):
-        table = [(name, path if name in names else "/nonexistent/" + name, args)
-                 for name, path, args in gzipstream.TOOLS]
-        monkeypatch.setattr(gzipstream, "TOOLS", table)
-    return choose
+    return lambda *names: choose_tools(monkeypatch, *names)
 
 
 FOREIGN = {
@@ -157,7 +154,6 @@ FOREIGN = {
     "two-members": lambda data: gzip.compress(data[:5000], mtime=0)
     + gzip.compress(data[5000:], mtime=0),
 }
-PATHS = {"igzip": ("igzip",), "pigz": ("pigz",), "zlib": ()}
 
 
 @pytest.mark.parametrize("tool", list(PATHS))
@@ -171,6 +167,24 @@ def test_foreign_streams_inflate_on_every_path(tmp_path, tools, tool, kind):
     got, how = inflate([member(path)])
     assert got == data
     assert how == tool
+
+
+@pytest.mark.parametrize("tool", ["igzip", "pigz"])
+def test_a_stream_that_barely_compresses_inflates_in_zlib(tmp_path, tools, tool):
+    """gzip of deflated data (a streamOptimized VMDK, an OVA of one): a tool
+    costs more than it saves (its output crosses a pipe)."""
+    tools(tool)
+    data = random.Random(5).randbytes(2 * MIB) + text(200 * KIB, 5)
+    path = str(tmp_path / "dense.gz")
+    with open(path, "wb") as handle:
+        handle.write(gzip.compress(data, mtime=0))
+    got, how = inflate([member(path)])
+    assert sha256(got) == sha256(data)
+    assert how == "zlib"
+    with open(path, "ab") as handle:
+        handle.write(b"garbage")
+    with pytest.raises(DiskError, match="trailing data"):
+        inflate([member(path)])
 
 
 def read_disk_sample() -> bytes:
@@ -246,6 +260,67 @@ def test_bad_streams_refused_on_every_path(tmp_path, tools, tool, case):
         handle.write(change(gzip.compress(read_disk_sample(), mtime=0)))
     with pytest.raises(DiskError, match="(?i)" + message):
         inflate([member(path)])
+
+
+# Zero padding after the stream (padding=True, as a gzip OVA is read).  The
+# sample's size ends in a zero byte, so its trailer does too: where the
+# stream ends is not where the zeros start.
+PADDED = {
+    "one zero": (lambda good: good + b"\0", None),
+    "a tape block": (lambda good: good + bytes(10240), None),
+    "more than a read": (lambda good: good + bytes(gzipstream.READ_BLOCK + 3), None),
+    "two members": (lambda good: gzip.compress(b"x" * 999, mtime=0) + good + bytes(700),
+                    None),
+    "zeros then garbage": (lambda good: good + bytes(600) + b"garbage", "trailing data"),
+    "zeros then a member": (lambda good: good + bytes(600) + gzip.compress(b"x", mtime=0),
+                            "trailing data"),
+    "garbage then zeros": (lambda good: good + b"garbage" + bytes(600), "trailing data"),
+    "truncated then zeros": (lambda good: good[:-20] + bytes(600), "truncated|corrupt"),
+}
+
+
+@pytest.mark.parametrize("tool", list(PATHS))
+@pytest.mark.parametrize("case", list(PADDED))
+def test_zero_padding_accepted_when_asked(tmp_path, monkeypatch, tools, tool, case):
+    tools(*PATHS[tool])
+    change, refusal = PADDED[case]
+    if refusal is None and tool != "zlib" and case != "two members":
+        # One member: the tool's output matches the trailer before the
+        # zeros, and zlib does not inflate the stream a second time.
+        monkeypatch.setattr(gzipstream, "_inflate_zlib", no_second_pass)
+    data = read_disk_sample()
+    assert len(data) % 256 == 0
+    path = str(tmp_path / "padded.gz")
+    with open(path, "wb") as handle:
+        handle.write(change(gzip.compress(data, mtime=0)))
+    if refusal is None:
+        got, how = inflate([member(path)], padding=True)
+        assert sha256(got) == sha256((b"x" * 999 if case == "two members" else b"") + data)
+        assert how == tool
+    else:
+        with pytest.raises(DiskError, match="(?i)" + refusal):
+            inflate([member(path)], padding=True)
+
+
+def no_second_pass(*args, **kwargs):
+    raise AssertionError("zlib inflated the stream a second time")
+
+
+@pytest.mark.parametrize("backend", ["libdeflate", "zlib"])
+def test_our_members_then_zero_padding(disk, tmp_path, tools, backend):
+    tools("igzip")
+    target = str(tmp_path / "disk.raw.gz")
+    write_gzip(disk, target)
+    with open(target, "ab") as handle:
+        handle.write(bytes(10240))
+    collector = Collector()
+    assert gzipstream.gunzip([member(target)], collector, "d", backend,
+                             padding=True) == backend
+    assert sha256(collector.data()) == sha256(read(disk))
+    with open(target, "ab") as handle:
+        handle.write(b"garbage")
+    with pytest.raises(DiskError, match="trailing data"):
+        gzipstream.gunzip([member(target)], Collector(), "d", backend, padding=True)
 
 
 @pytest.mark.parametrize("case", ["truncated", "trailing garbage", "corrupt"])

@@ -89,7 +89,7 @@ def tiny(tmp_path) -> str:
     return make_raw(str(tmp_path / "tiny.raw"), MIB, MIXED_1M)
 
 
-@pytest.mark.parametrize("backend", ["libdeflate", "zlib"])
+@pytest.mark.parametrize("backend", ["isal", "libdeflate", "zlib"])
 def test_tiny_image_reads_back(tiny, tmp_path, backend):
     vmdk = str(tmp_path / "tiny.vmdk")
     written = write(tiny, vmdk, backend=backend)
@@ -331,11 +331,12 @@ def test_write_failure_is_a_disk_error(tiny):
 
 def test_deflate_backends_produce_zlib_streams():
     data = text(GRAIN, 8)
-    for backend in ("libdeflate", "zlib"):
-        compressor = deflate.compressor_factory(6, backend)()
-        for buffer in (data, bytearray(data), memoryview(bytearray(data))):
-            assert zlib.decompress(compressor.compress(buffer)) == data
-    assert deflate.best_backend() == "libdeflate"  # libdeflate0 is installed
+    for backend in ("isal", "libdeflate", "zlib"):
+        for level in (1, 6):
+            compressor = deflate.compressor_factory(level, backend)()
+            for buffer in (data, bytearray(data), memoryview(bytearray(data))):
+                assert zlib.decompress(compressor.compress(buffer)) == data
+    assert deflate.best_backend() == "isal"  # libisal2 is installed
 
 
 def test_incompressible_grains_are_stored_and_still_valid(tmp_path):
@@ -367,7 +368,7 @@ def test_incompressible_grains_are_stored_and_still_valid(tmp_path):
     assert stored == MIB // GRAIN and compressed == MIB // GRAIN
 
 
-@pytest.mark.parametrize("backend", ["libdeflate", "zlib"])
+@pytest.mark.parametrize("backend", ["isal", "libdeflate", "zlib"])
 def test_deflate_stores_what_does_not_compress(backend):
     compressor = deflate.compressor_factory(1, backend)()
     noise = random.Random(3).randbytes(GRAIN)

@@ -186,3 +186,18 @@ def test_readers_use_the_descriptor_not_the_path(tmp_path):
     with open(path, "wb") as handle:
         handle.write(b"dump" * 256 * 1024)
     assert qemu.compare(str(tmp_path / "out.qcow2"), "qcow2", path, "raw") is True
+
+
+def test_opened_takes_an_open_file_as_it_is_and_opens_a_path_once(tmp_path):
+    path = tmp_path / "disk0"
+    path.write_bytes(b"y" * 10)
+    with openfile.open_regular(str(path), "disk dump", error=DiskError) as dump:
+        with openfile.opened(dump, "disk dump", DiskError) as same:
+            assert same is dump
+        assert dump.fd >= 0  # left open: its owner closes it
+    with openfile.opened(str(path), "disk dump", DiskError) as fresh:
+        assert os.pread(fresh.fd, 10, 0) == b"y" * 10
+    assert fresh.fd == -1  # closed on leaving
+    os.symlink(str(path), str(tmp_path / "link"))
+    with pytest.raises(DiskError, match="link: disk dump is a symbolic link: refused"):
+        openfile.opened(str(tmp_path / "link"), "disk dump", DiskError)

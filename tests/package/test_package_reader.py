@@ -5,15 +5,19 @@ import hashlib
 import io
 import os
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import pytest
 from conftest import CORPUS
+from inflaters import PATHS, choose_tools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ganeti_ovf.disks import gzipstream
+from ganeti_ovf.disks.gzipstream import GzipWriter
 from ganeti_ovf.package import reader as package_module
 from ganeti_ovf.package import tarreader
 from ganeti_ovf.errors import OvfError, PackageError
@@ -549,17 +553,51 @@ def test_read_tar_direct_errors(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- gzip OVA
+# Each case runs with every inflater: the package's own zlib (no inflater
+# given) and disks/gzipstream.gunzip forced onto each of its ways, which the
+# fixture checks it took.
+
+INFLATERS = ["package-zlib"] + ["gzipstream-" + name for name in PATHS]
 
 
-def test_gzip_ova_staged_and_removed(tmp_path: Path) -> None:
+class Inflater:
+    """gzipstream.gunzip, recording how it inflated."""
+
+    def __init__(self) -> None:
+        self.used: List[str] = []
+
+    def __call__(self, members, write, name, *, padding):  # type: ignore[no-untyped-def]
+        self.used.append(gzipstream.gunzip(members, write, name, padding=padding))
+        return self.used[-1]
+
+
+@pytest.fixture(params=INFLATERS)
+def inflate(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    if request.param == "package-zlib":
+        yield None
+        return
+    way = request.param.split("-", 1)[1]
+    choose_tools(monkeypatch, *PATHS[way])
+    inflater = Inflater()
+    yield inflater
+    # libdeflate: the members gnt-ovf writes, found without a tool.
+    assert set(inflater.used) <= {way, "libdeflate"}
+
+
+def open_gzip_ova(path: str, staging: str, inflate: Optional[Inflater],
+                  **kwargs: object) -> Package:
+    return Package.open(path, staging, inflate=inflate, **kwargs)  # type: ignore[arg-type]
+
+
+def test_gzip_ova_staged_and_removed(tmp_path: Path, inflate: Optional[Inflater]) -> None:
     tar_path = make_tar(str(tmp_path / "p.tar"), [("vm.ovf", DESCRIPTOR), ("disk.vmdk", DISK)])
     with open(tar_path, "rb") as stream:
         plain = stream.read()
     path = write(str(tmp_path / "p.ova"), gzip.compress(plain))
     staging = tmp_path / "staging"
     staging.mkdir()
-    assert "needs a staging directory" in open_error(path)
-    with Package.open(path, str(staging)) as package:
+    assert "needs a staging directory" in open_error(path, inflate=inflate)
+    with open_gzip_ova(path, str(staging), inflate) as package:
         member = package.member("disk.vmdk")
         # The copy is on the staging file system, reachable by no name.
         assert os.fstat(member.fd).st_dev == os.stat(str(staging)).st_dev
@@ -570,34 +608,77 @@ def test_gzip_ova_staged_and_removed(tmp_path: Path) -> None:
     assert os.listdir(str(staging)) == []
 
 
-def test_gzip_ova_multi_member_and_padding(tmp_path: Path) -> None:
-    tar_path = make_tar(str(tmp_path / "p.tar"), [("vm.ovf", DESCRIPTOR), ("disk.vmdk", DISK)])
-    with open(tar_path, "rb") as stream:
-        plain = stream.read()
-    data = gzip.compress(plain[:1000]) + gzip.compress(plain[1000:]) + bytes(100)
-    path = write(str(tmp_path / "p.ova"), data)
-    with Package.open(path, str(tmp_path)) as package:
-        assert member_bytes(package.member("disk.vmdk")) == DISK
+GOOD_GZIP = {  # how the tar is gzip-compressed: tools, members, padding
+    "one member": lambda plain: gzip.compress(plain, mtime=0),
+    "gzip -9": lambda plain: run_filter(["gzip", "-9", "-n", "-c"], plain),
+    "pigz": lambda plain: run_filter(["pigz", "-n", "-c"], plain),
+    "igzip": lambda plain: run_filter(["igzip", "-c"], plain),
+    "two members, padded": lambda plain: gzip.compress(plain[:1000], mtime=0)
+    + gzip.compress(plain[1000:], mtime=0) + bytes(100),
+    # A tape pads to its block; the trailer itself ends in zero bytes (the
+    # tar's size is a multiple of 512).
+    "tape padding": lambda plain: tape_padded(gzip.compress(plain, mtime=0), 10240),
+    "written by gnt-ovf": lambda plain: gnt_ovf_gzip(plain) + bytes(512),
+}
 
 
-def test_gzip_ova_errors_leave_nothing(tmp_path: Path) -> None:
+def run_filter(argv: List[str], data: bytes) -> bytes:
+    return subprocess.run(argv, input=data, capture_output=True, check=True).stdout
+
+
+def tape_padded(data: bytes, block: int) -> bytes:
+    assert data.endswith(b"\0")
+    return data + bytes(-len(data) % block or block)
+
+
+def gnt_ovf_gzip(data: bytes) -> bytes:
+    out = io.BytesIO()
+    writer = GzipWriter(out)
+    writer.write(data)
+    writer.finish()
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("kind", list(GOOD_GZIP))
+def test_gzip_ova_members_tools_and_padding(tmp_path: Path, inflate: Optional[Inflater],
+                                            kind: str) -> None:
+    plain = make_tar_bytes(tmp_path)
+    path = write(str(tmp_path / "p.ova"), GOOD_GZIP[kind](plain))
+    with open_gzip_ova(path, str(tmp_path), inflate) as package:
+        assert sha(member_bytes(package.member("disk.vmdk"))) == sha(DISK)
+        assert package.descriptor_bytes() == DESCRIPTOR
+    if inflate is not None:
+        assert (inflate.used == ["libdeflate"]) == (kind == "written by gnt-ovf")
+
+
+BAD_GZIP = {  # (how the good stream is spoilt, the rule the refusal names)
+    "truncated": (lambda whole: whole[:len(whole) // 2], "gzip stream is truncated"),
+    "corrupt": (lambda whole: whole[:20] + b"\xff" * 20 + whole[40:], "corrupt gzip data"),
+    "trailing garbage": (lambda whole: whole + b"garbage",
+                         "trailing data after the gzip stream"),
+    "zeros then garbage": (lambda whole: whole + bytes(4096) + b"garbage",
+                           "trailing data after the gzip stream"),
+    "zeros then a member": (lambda whole: whole + bytes(100) + gzip.compress(b"more"),
+                            "trailing data after the gzip stream"),
+    "not a tar": (lambda whole: gzip.compress(b"<Envelope/>" * 100), "bad header checksum"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_GZIP))
+def test_gzip_ova_errors_leave_nothing(tmp_path: Path, inflate: Optional[Inflater],
+                                       case: str) -> None:
     staging = tmp_path / "staging"
     staging.mkdir()
-    whole = gzip.compress(make_tar_bytes(tmp_path))
-    truncated = write(str(tmp_path / "t.ova"), whole[:len(whole) // 2])
-    assert "truncated gzip data" in open_error(truncated, str(staging))
-    corrupt = bytearray(whole)
-    corrupt[20:40] = b"\xff" * 20
-    path = write(str(tmp_path / "c.ova"), bytes(corrupt))
-    assert "corrupt gzip data" in open_error(path, str(staging))
-    path = write(str(tmp_path / "g.ova"), whole + b"garbage")
-    assert "data after the end of the gzip stream" in open_error(path, str(staging))
-    path = write(str(tmp_path / "x.ova"), gzip.compress(b"<Envelope/>" * 100))
-    assert "bad header checksum" in open_error(path, str(staging))
-    missing = str(tmp_path / "nowhere")
-    assert "cannot create a file in" in open_error(write(str(tmp_path / "ok.ova"), whole),
-                                                   missing)
+    change, rule = BAD_GZIP[case]
+    path = write(str(tmp_path / "bad.ova"), change(gzip.compress(make_tar_bytes(tmp_path))))
+    assert rule in open_error(path, str(staging), inflate=inflate)
     assert os.listdir(str(staging)) == []
+
+
+def test_gzip_ova_staging_missing(tmp_path: Path, inflate: Optional[Inflater]) -> None:
+    path = write(str(tmp_path / "ok.ova"), gzip.compress(make_tar_bytes(tmp_path)))
+    assert "cannot create a file in" in open_error(path, str(tmp_path / "nowhere"),
+                                                   inflate=inflate)
 
 
 def make_tar_bytes(tmp_path: Path) -> bytes:
@@ -609,8 +690,9 @@ def make_tar_bytes(tmp_path: Path) -> bytes:
 # ---------------------------------------------------------------- corpus
 
 
-def test_corpus_gzip_ova(tmp_path: Path) -> None:
-    with Package.open(os.path.join(CORPUS, "ganeti", "ova.ova"), str(tmp_path)) as package:
+def test_corpus_gzip_ova(tmp_path: Path, inflate: Optional[Inflater]) -> None:
+    with open_gzip_ova(os.path.join(CORPUS, "ganeti", "ova.ova"), str(tmp_path),
+                       inflate) as package:
         assert package.descriptor_name == "ganeti.ovf"
         assert package.names() == ["ganeti.ovf", "new_disk.vmdk"]
         disk = package.member("new_disk.vmdk")
@@ -689,13 +771,19 @@ def test_gunzip_magic_straddling_reads() -> None:
     assert target.getvalue() == b"x" * 1000 + b"y" * 1000
 
 
-def test_gzip_ova_decompresses_within_its_cap(tmp_path: Path) -> None:
+def test_gzip_ova_decompresses_within_its_cap(tmp_path: Path,
+                                               inflate: Optional[Inflater]) -> None:
     staging = tmp_path / "staging"
     staging.mkdir()
     data = make_tar_bytes(tmp_path)
     path = write(str(tmp_path / "p.ova"), gzip.compress(data))
     assert ("decompresses to more than %d bytes (--max-disk-size)" % (len(data) - 1)
-            in open_error(path, str(staging), max_staged=len(data) - 1))
+            in open_error(path, str(staging), max_staged=len(data) - 1, inflate=inflate))
     assert os.listdir(str(staging)) == []
-    with Package.open(path, str(staging), max_staged=len(data)) as package:
+    with open_gzip_ova(path, str(staging), inflate, max_staged=len(data)) as package:
         assert member_bytes(package.member("disk.vmdk")) == DISK
+
+
+def test_package_in_a_folder_that_cannot_be_opened(tmp_path: Path) -> None:
+    path = str(tmp_path / "missing" / "vm.ova")
+    assert open_error(path) == "%s: cannot open its folder: No such file or directory" % path
