@@ -314,7 +314,7 @@ def test_vhd_table_size_bound(tmp_path, entries, ok):
     # 8 TiB of 2 MiB blocks); a larger one is refused even when every entry
     # is present and unused.
     path = dynamic_vhd(tmp_path, "d.vhd", entries, b"\xff" * (4 * entries))
-    judged(path, ok, "vpc", "refused vpc image: stored blocks overlap")
+    judged(path, ok, "vpc", "refused vpc image: block table of more than 4194304 entries")
 
 
 @pytest.mark.parametrize("block_size, bitmap_sectors", [
@@ -358,3 +358,10 @@ def test_vmdk_descriptor_filling_its_sectors_is_read_whole(tmp_path):
 
     rewrite_descriptor(path, fill)
     assert accepted(path).details["extent"] == "d.vmdk"
+
+
+@pytest.mark.parametrize("block_size", [256, 1000, 2 * MIB + 1])
+def test_vhd_blocks_must_be_whole_sectors(tmp_path, block_size):
+    path = dynamic_vhd(tmp_path, "d.vhd", 2, struct.pack(">II", 3, 10000), block_size)
+    refused(whole(path), "block table of more than 4194304 entries, or blocks not whole"
+                         " sectors")
