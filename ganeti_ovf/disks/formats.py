@@ -81,7 +81,8 @@ class Format:
         return {}
 
     def virtual_size(self, fields: Fields) -> int:
-        return 0
+        """The guest size in bytes; every format that can be accepted says it."""
+        raise NotImplementedError
 
     def details(self, fields: Fields) -> Fields:
         """Facts worth reporting (subformat, creator, hardware version)."""
@@ -290,7 +291,7 @@ def _vmdk_descriptor(text: str) -> Tuple[Dict[str, str], List[Tuple[str, ...]]]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        if line.split(None, 1)[0] in ("RW", "RDONLY", "NOACCESS"):
+        if line.split()[0] in ("RW", "RDONLY", "NOACCESS"):
             words, _, rest = line.partition('"')
             name, quote, tail = rest.partition('"')
             extents.append(tuple(words.split())
@@ -320,15 +321,29 @@ VHD_UNUSED = 0xFFFFFFFF
 VHD_MAX_ENTRIES = 1 << 22  # 8 TiB of 2 MiB blocks; bounds the table read
 
 
-def _vhd_blocks_disjoint(reader: "_Reader", data_offset: int) -> bool:
+def _vhd_dynamic_header(reader: "_Reader", data_offset: int) -> Optional[tuple]:
+    """(table offset, entries, block size) of a dynamic VHD's header, or
+    None when there is none."""
+    header = reader.read(data_offset, VHD_DYNAMIC.size)
+    if len(header) < VHD_DYNAMIC.size or not header.startswith(b"cxsparse"):
+        return None
+    _, _, table, _, entries, block_size = VHD_DYNAMIC.unpack(header)
+    return table, entries, block_size
+
+
+def _vhd_table_usable(dynamic: Optional[tuple]) -> bool:
+    """Whether the block table is one we read: at most VHD_MAX_ENTRIES
+    entries of blocks made of whole sectors."""
+    if dynamic is None:
+        return False
+    _, entries, block_size = dynamic
+    return entries <= VHD_MAX_ENTRIES and block_size >= 512 and not block_size % 512
+
+
+def _vhd_blocks_disjoint(reader: "_Reader", dynamic: tuple) -> bool:
     """Whether no two stored blocks of a dynamic VHD share bytes: one block
     mapped at many places would expand a small file into a large disk."""
-    header = reader.read(data_offset, VHD_DYNAMIC.size)
-    if len(header) < VHD_DYNAMIC.size:
-        return False
-    _, _, table, _, entries, block_size = VHD_DYNAMIC.unpack(header)
-    if entries > VHD_MAX_ENTRIES or block_size < 512 or block_size % 512:
-        return False
+    table, entries, block_size = dynamic
     raw = reader.read(table, 4 * entries)
     if len(raw) < 4 * entries:
         return False
@@ -352,6 +367,9 @@ class Vpc(Format):
         Check("zero size", lambda f: f["current_size"] > 0),
         Check("dynamic disk header missing",
               lambda f: f["disk_type"] != 3 or f["dynamic_header"]),
+        Check("block table of more than %d entries, or blocks not whole sectors"
+              % VHD_MAX_ENTRIES,
+              lambda f: f["disk_type"] != 3 or not f["dynamic_header"] or f["table_usable"]),
         Check("stored blocks overlap or are mapped more than once",
               lambda f: f["disk_type"] != 3 or f["blocks_disjoint"]),
     )
@@ -373,13 +391,14 @@ class Vpc(Format):
         (_, _, _, data_offset, _, creator, _, _, _, current_size, _, disk_type,
          checksum) = VHD_FOOTER.unpack_from(footer)
         summed = footer[:64] + b"\0\0\0\0" + footer[68:]
-        dynamic_header = reader.read(data_offset, 8) == b"cxsparse"
+        dynamic = _vhd_dynamic_header(reader, data_offset)
+        usable = _vhd_table_usable(dynamic)
         return {"data_offset": data_offset, "current_size": current_size,
                 "disk_type": disk_type, "creator": creator,
                 "checksum_ok": (~sum(summed)) & 0xFFFFFFFF == checksum,
-                "dynamic_header": dynamic_header,
-                "blocks_disjoint": dynamic_header
-                and _vhd_blocks_disjoint(reader, data_offset)}
+                "dynamic_header": dynamic is not None,
+                "table_usable": usable,
+                "blocks_disjoint": usable and _vhd_blocks_disjoint(reader, dynamic)}
 
     def virtual_size(self, fields: Fields) -> int:
         # qemu may derive the size from the CHS geometry instead: the caller

@@ -77,10 +77,10 @@ class _Geometry:
             raise DiskError("%s: not a streamOptimized VMDK (flags %#x, compression %d):"
                             " need deflate-compressed grains with markers"
                             % (name, flags, compression))
-        if not 0 < grain_sectors * SECTOR <= MAX_GRAIN_BYTES \
-                or grain_sectors & (grain_sectors - 1):
+        max_grain_sectors = MAX_GRAIN_BYTES // SECTOR
+        if not 0 < grain_sectors <= max_grain_sectors or grain_sectors & (grain_sectors - 1):
             raise DiskError("%s: VMDK grain size %d sectors is not a power of two up to %d"
-                            % (name, grain_sectors, MAX_GRAIN_BYTES // SECTOR))
+                            % (name, grain_sectors, max_grain_sectors))
         if not 0 < gtes <= MAX_GTES_PER_GT:
             raise DiskError("%s: VMDK numGTEsPerGT %d is not 1..%d"
                             % (name, gtes, MAX_GTES_PER_GT))
@@ -303,10 +303,14 @@ class _Converter:
             return
         if self.zero is not None:  # every byte must be written: no holes
             self._write(raw[:limit], position)
-            return
+        else:
+            self._write_data_pages(raw, limit, position)
+
+    def _write_data_pages(self, raw: bytes, limit: int, position: int) -> None:
+        """Write raw[:limit] at `position`, leaving its zero pages as holes:
+        each run of data pages is written once."""
         page, run = 0, -1
         while page < limit:
-            # Leave zero pages as holes; write each run of data pages once.
             zero = raw[page:page + PAGE] == self.zero_page
             if zero and run >= 0:
                 self._write(raw[run:page], position + run)
@@ -371,9 +375,10 @@ def write_stream_optimized(member: Member, out: int, dest: str, virtual_size: in
 
 
 def _zero_grains(geo: _Geometry, first: int, end: int, zero: Zero) -> None:
-    start, stop = first * geo.grain, min(end * geo.grain, geo.capacity)
-    if stop > start:
-        zero(start, stop - start)
+    """Zero grains [first, end): a non-empty run whose first grain is inside
+    the disk (the last grain may end past the capacity: cut there)."""
+    start = first * geo.grain
+    zero(start, min(end * geo.grain, geo.capacity) - start)
 
 
 def _zero_unstored(geo: _Geometry, index: int, table: array, zero: Zero) -> None:

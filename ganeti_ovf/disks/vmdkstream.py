@@ -375,7 +375,8 @@ def _stream(fd: int, path: str, size: int, out: BinaryIO, capacity: int,
             compressor = local.compressor = make_compressor()
             local.buf = bytearray(BATCH_GRAINS * GRAIN)  # reused: input only
         start = first * GRAIN
-        length = min(count * GRAIN, _round_up(size - start, GRAIN))
+        # Batches end at the source's last grain at the latest.
+        length = count * GRAIN
         buf = local.buf
         view = memoryview(buf)
         got = _read_exact(fd, view[:length], start, path)

@@ -295,8 +295,9 @@ def _validity_problem(cert: x509.Certificate, now: datetime) -> Optional[str]:
 def _extension(cert: x509.Certificate, kind: type) -> Any:
     """The value of an extension of `cert`, None if absent; malformed ones fail closed."""
     try:
-        return cert.extensions.get_extension_for_class(kind).value
+        extension = cert.extensions.get_extension_for_class(kind)
     except x509.ExtensionNotFound:
         return None
     except ValueError as err:
         raise SignatureError("certificate %s: malformed extensions: %s" % (_name(cert), err))
+    return extension.value

@@ -289,9 +289,11 @@ def _check_block(block: bytes, where: str) -> bytes:
         stored = _parse_octal(block[148:156], where, "checksum")
     except PackageError:
         stored = -1
-    unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
+    # The checksum field itself is summed as eight spaces.
+    others = block[:148] + block[156:]
+    unsigned = sum(others) + 8 * 0x20
     # Some old writers summed signed chars; both are accepted, as tar does.
-    signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b >= 0x80)
+    signed = unsigned - 256 * sum(1 for b in others if b >= 0x80)
     if stored not in (unsigned, signed):
         raise PackageError("%s: bad header checksum (not a tar archive, or corrupt)" % where)
     magic = block[257:263]

@@ -1,15 +1,19 @@
 """Pins of formats.py's rules that a mutation run found untested: every
 format refused by name is recognised at its offset, and the numeric bounds of
 the header checks hold from both sides (qcow2 cluster size, VMDK grain size,
-VHD and VDI sizes, VDI block counts and parent UUIDs).  Images come from
-qemu-img (test_formats.py's helpers), patched where a bound is tested.
+VHD and VDI sizes, the VHD table size and block bitmap, VDI block counts and
+parent UUIDs), and nothing past a member or its VMDK descriptor is read.
+Images come from qemu-img (test_formats.py's helpers), patched where a bound
+is tested.
 """
 
 import struct
 import subprocess
 
 import pytest
-from test_formats import create, patch, refused, whole
+from test_formats import create, patch, refused, rewrite_descriptor, whole
+
+from members import opened_member
 
 from ganeti_ovf.disks import formats
 
@@ -180,6 +184,19 @@ def test_vdi_parent_uuid_every_byte(tmp_path):
     assert accepted(create(tmp_path, "clean.vdi", "vdi")).format == "vdi"
 
 
+@pytest.mark.parametrize("image_type, reasons", [
+    (1, None), (2, None), (3, "unsupported image type"), (4, "differencing image"),
+    (5, "unsupported image type")])
+def test_vdi_image_types(tmp_path, image_type, reasons):
+    # Dynamic (1) and fixed (2) only; differencing (4) says why, by itself.
+    path = create(tmp_path, "d.vdi", "vdi")
+    patch(path, 76, struct.pack("<I", image_type))
+    if reasons is None:
+        assert accepted(path).format == "vdi"
+    else:
+        assert refused(whole(path)) == "d.vdi: refused vdi image: " + reasons
+
+
 @pytest.mark.parametrize("size, ok", [(0, False), (1, True)])
 def test_vdi_size_bound(tmp_path, size, ok):
     path = create(tmp_path, "d.vdi", "vdi")
@@ -274,3 +291,77 @@ def test_vhd_adjacent_blocks_are_not_a_shared_block(tmp_path):
     # One sector closer, the blocks share a sector.
     patch(path, table + 4, struct.pack(">I", second - 1))
     refused(whole(path), "stored blocks overlap or are mapped more than once")
+
+
+def dynamic_vhd(tmp_path, name: str, entries: int, table: bytes,
+                block_size: int = 2 * MIB):
+    """A dynamic VHD (qemu-img's footer and dynamic header) claiming
+    `entries` table entries of `block_size`, its table `table`, at 1536."""
+    path = create(tmp_path, name, "vpc", "4M", "-o", "subformat=dynamic")
+    with open(path, "rb") as handle:
+        head = bytearray(handle.read(1536))
+    assert head[512:520] == b"cxsparse"
+    head[512 + 16:512 + 24] = struct.pack(">Q", 1536)  # table offset
+    head[512 + 28:512 + 36] = struct.pack(">II", entries, block_size)
+    with open(path, "wb") as handle:
+        handle.write(bytes(head) + table + bytes(head[:512]))  # footer last
+    return path
+
+
+@pytest.mark.parametrize("entries, ok", [(4 * MIB, True), (4 * MIB + 1, False)])
+def test_vhd_table_size_bound(tmp_path, entries, ok):
+    # The block allocation table read is bounded at 4 Mi entries (16 MiB,
+    # 8 TiB of 2 MiB blocks); a larger one is refused even when every entry
+    # is present and unused.
+    path = dynamic_vhd(tmp_path, "d.vhd", entries, b"\xff" * (4 * entries))
+    judged(path, ok, "vpc", "refused vpc image: block table of more than 4194304 entries")
+
+
+@pytest.mark.parametrize("block_size, bitmap_sectors", [
+    (2 * MIB, 1), (32 * MIB, 16), (2048 * MIB, 1024)])
+def test_vhd_block_bitmap_in_whole_sectors(tmp_path, block_size, bitmap_sectors):
+    # A block's bitmap has one bit a sector, padded to whole sectors (2 MiB:
+    # 4096 bits, one sector; 32 MiB: 8 KiB, 16; 2 GiB: 512 KiB, 1024), and
+    # its data follows: stored blocks one span apart share nothing.
+    span = bitmap_sectors + block_size // 512
+    for gap, ok in ((span, True), (span - 1, False)):
+        table = struct.pack(">II", 3, 3 + gap)
+        path = dynamic_vhd(tmp_path, "d%d.vhd" % gap, 2, table, block_size)
+        judged(path, ok, "vpc", "stored blocks overlap or are mapped more than once")
+
+
+def test_bytes_past_the_member_are_never_read(tmp_path):
+    # A VDI signature (at offset 64) cut by the member's end and completed
+    # by the bytes after it, as by the next member of an OVA: still raw.
+    path = tmp_path / "pkg"
+    path.write_bytes(bytes(64) + struct.pack("<I", formats.VDI_SIGNATURE) + bytes(1000))
+    refused(whole(path), "refused vdi image")
+    member = opened_member("m", str(path), 0, 66)
+    assert formats.inspect(member) == formats.DiskImage("raw", 66, {})
+
+
+def test_vmdk_descriptor_filling_its_sectors_is_read_whole(tmp_path):
+    # No NUL ends a descriptor that fills its sectors to the last byte: it
+    # is read to its last byte (here the extent line's closing quote) and
+    # not one byte further (the grain directory that follows).
+    path = create(tmp_path, "d.vmdk", "vmdk")
+    with open(path, "rb") as handle:
+        data = handle.read(64 * 1024)
+    offset, sectors = struct.unpack_from("<QQ", data, 28)
+    assert data[(offset + sectors) * 512] != 0
+
+    def fill(text: str) -> str:
+        lines = text.splitlines()
+        body = "\n".join([line for line in lines if not line.startswith("RW ")]
+                         + [line for line in lines if line.startswith("RW ")])
+        return "#" * (sectors * 512 - len(body) - 1) + "\n" + body
+
+    rewrite_descriptor(path, fill)
+    assert accepted(path).details["extent"] == "d.vmdk"
+
+
+@pytest.mark.parametrize("block_size", [256, 1000, 2 * MIB + 1])
+def test_vhd_blocks_must_be_whole_sectors(tmp_path, block_size):
+    path = dynamic_vhd(tmp_path, "d.vhd", 2, struct.pack(">II", 3, 10000), block_size)
+    refused(whole(path), "block table of more than 4194304 entries, or blocks not whole"
+                         " sectors")

@@ -1,8 +1,11 @@
 """Pins of vmdkread.py's and vmdkstream.py's rules that a mutation run found
 untested: the header bounds the reader accepts (from both sides), a grain
-directory deferred to a footer that is missing or empty, compressed sizes,
-holes left in the output, progress reports; the writer's markers, geometry,
-trailing holes in the source and data across grain table boundaries.
+directory deferred to a footer that is missing or empty, the end-of-stream
+marker, compressed sizes, grains past the capacity, a file shrinking while
+read, holes left in the output, progress reports, the write-every-byte mode
+(zero() covers exactly the grains without data); the writer's markers,
+geometry, progress, trailing holes in the source and data across grain table
+boundaries.
 """
 
 import os
@@ -108,6 +111,18 @@ def test_footer_missing_while_the_header_defers_to_it(streamed, tmp_path):
         read_to_raw(whole(image), tmp_path / "out.raw")
     assert str(info.value) == ("disk.vmdk: VMDK grain directory is at the end but the file"
                                " has no footer (truncated?)")
+
+
+@pytest.mark.parametrize("field, value", [(0, 1), (8, 1), (12, vmdkstream.MARKER_GT)])
+def test_end_of_stream_marker_must_be_all_zero(streamed, tmp_path, field, value):
+    # The last sector is the end-of-stream marker {0, 0, type 0}: any one
+    # field otherwise (sectors, size, type) and the file has no footer.
+    _, image = streamed
+    with open(image, "r+b") as handle:
+        handle.seek(os.path.getsize(image) - SECTOR + field)
+        handle.write(struct.pack("<I", value))
+    with pytest.raises(DiskError, match="no footer"):
+        read_to_raw(whole(image), tmp_path / "out.raw")
 
 
 def test_footer_without_a_grain_directory(streamed, tmp_path):
@@ -380,3 +395,111 @@ def test_writer_default_deflate_level_is_one(tmp_path):
                                               **kwargs)
         outputs.append(digest_of(tmp_path / name))
     assert outputs[0] == outputs[1]
+
+
+# ------------------------------------------------------------------ reader: every byte written
+
+
+GRAIN = vmdkstream.GRAIN
+
+
+def written_over_old_data(image, raw, tmp_path, stale) -> list:
+    """Convert `image` in write-every-byte mode (zero given, as for a disk
+    that may hold old data) over an output whose `stale` grains hold 0xff;
+    the output must equal `raw`.  Returns how often zero() covered each grain.
+    """
+    size = os.path.getsize(raw)
+    dest = tmp_path / "disk.out"
+    with open(dest, "wb") as handle:
+        handle.truncate(size)
+        for grain in stale:
+            handle.seek(grain * GRAIN)
+            handle.write(b"\xff" * GRAIN)
+    covered = [0] * (-(-size // GRAIN))
+
+    def zero(offset: int, length: int) -> None:
+        assert offset % GRAIN == 0 and length > 0
+        assert length % GRAIN == 0 or offset + length == size
+        for grain in range(offset // GRAIN, -(-(offset + length) // GRAIN)):
+            covered[grain] += 1
+        os.pwrite(fd, bytes(length), offset)
+
+    fd = os.open(dest, os.O_WRONLY)
+    try:
+        vmdkread.write_stream_optimized(whole(image), fd, str(dest), size, zero=zero)
+    finally:
+        os.close(fd)
+    assert digest_of(dest) == digest_of(raw)
+    return covered
+
+
+def test_every_byte_written_once_data_or_zeros(tmp_path):
+    # Five grain tables, the last partial: data (4 KiB, then zeros) in
+    # tables 0 and 2 only, so tables 1, 3 and the last hold no data.
+    grains = 4 * vmdkstream.GTES_PER_GT + 3
+    with_data = [5, 2 * 512, 2 * 512 + 511]
+    pieces = [(grain * GRAIN, b"\x5a" * 4 * KIB) for grain in with_data]
+    raw = make_raw(tmp_path / "src.raw", grains * GRAIN, pieces)
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    # Old bytes under the data grains (their zero pages too) and elsewhere.
+    covered = written_over_old_data(image, raw, tmp_path, with_data + [6, 700, grains - 1])
+    # zero() covers exactly the grains without data, each once: never data.
+    assert covered == [0 if grain in with_data else 1 for grain in range(grains)]
+
+
+def test_table_of_zeroed_grains_is_zeroed(tmp_path):
+    # A grain table present in the file whose entries all say "reads as
+    # zeros" (1, with the header's zero-grain flag): every grain is zeroed.
+    raw = make_raw(tmp_path / "src.raw", 2 * MIB, [(0, b"\x5a" * GRAIN)])
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    with open(image, "r+b") as handle:
+        handle.seek(grain_table_offset(image))
+        handle.write(struct.pack("<%dI" % vmdkstream.GTES_PER_GT,
+                                 *[1] * vmdkstream.GTES_PER_GT))
+    set_flags(image, 1 << 2)
+    zeros = make_raw(tmp_path / "zeros.raw", 2 * MIB, [])
+    covered = written_over_old_data(image, zeros, tmp_path, [0, 31])
+    assert covered == [1] * 32
+
+
+def test_writer_progress_counts_through_each_batch(tmp_path):
+    # Data in grain 0 and in the third batch of a four-batch source: after
+    # each batch the writer reports the source done through that batch's
+    # end, holes skipped included; then all of it.
+    batch = vmdkstream.BATCH_GRAINS * GRAIN
+    pieces = [(0, b"\x01" * KIB), (2 * batch, b"\x02" * batch)]
+    raw = make_raw(tmp_path / "src.raw", 4 * batch, pieces)
+    calls = []
+    with open(tmp_path / "d.vmdk", "wb") as out:
+        vmdkstream.write_stream_optimized(
+            raw, out, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(batch, 4 * batch), (3 * batch, 4 * batch), (4 * batch, 4 * batch)]
+
+
+def test_grain_past_the_capacity_in_the_first_table(streamed, tmp_path):
+    # A 2 MiB disk has 32 grains: table 0's entry 40 names no grain of it.
+    _, image = streamed
+    table = grain_table_offset(image)
+    with open(image, "r+b") as handle:
+        handle.seek(table)
+        first = handle.read(4)
+        handle.seek(table + 40 * 4)
+        handle.write(first)
+    with pytest.raises(DiskError) as info:
+        read_to_raw(whole(image), tmp_path / "out.raw")
+    assert str(info.value) == ("disk.vmdk: VMDK grain table 0 has a grain past the"
+                               " capacity (grain 40 of 32)")
+
+
+def test_file_shrinking_while_read(tmp_path):
+    # A package may change while it is read: bytes missing under the
+    # member's range are an error, never short data.
+    path = tmp_path / "disk.vmdk"
+    path.write_bytes(bytes(4 * SECTOR))
+    member = whole(path)
+    os.truncate(path, 3 * SECTOR)
+    source = vmdkread._Source(member.fd, member)
+    assert source.read(2 * SECTOR, SECTOR, "VMDK grains") == bytes(SECTOR)
+    with pytest.raises(DiskError) as info:
+        source.read(3 * SECTOR, SECTOR, "VMDK grains")
+    assert str(info.value) == "disk.vmdk: file ends inside VMDK grains"

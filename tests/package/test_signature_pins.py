@@ -4,16 +4,19 @@ Each test fails if one check of the chain verification is removed or its
 bound moved: issuers are matched by name AND signature, every certificate of
 the chain (trust anchors and intermediates included) must be inside its
 validity dates (both ends inclusive), the chain depth and the trust store
-size are bounded.  The identities come from test_signature.py.
+size are bounded, and an RSA-PSS signature on a certificate is not trusted.
+The identities come from test_signature.py.
 """
 
 import datetime
+import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import dsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, rsa
+from cryptography.x509.oid import SignatureAlgorithmOID
 from test_signature import (DAY, MANIFEST, NOW, Identity, _name, make_identity, pem, signed,
                             store)
 
@@ -232,3 +235,28 @@ def test_issuer_key_type_that_cannot_be_checked_is_never_trusted(tmp_path):
     info = verify(tmp_path, signed(tmp_path, leaf), dsa_root)
     assert not info.trusted
     assert info.reason == "no issuer CN=DSA Root of CN=DSA-issued Signer in the trust store"
+
+
+def test_rsa_pss_signed_certificate_is_never_trusted(tmp_path):
+    # cryptography 38 cannot read RSA-PSS parameters: a certificate its
+    # issuer signed with RSA-PSS is not trusted, though openssl verifies it.
+    root = make_identity("Root CA", ca=True, key=rsa.generate_private_key(65537, 2048))
+    leaf_key = rsa.generate_private_key(65537, 2048)
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(_name("PSS Signer"))
+           .sign(leaf_key, hashes.SHA256()))
+    (tmp_path / "leaf.csr").write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "root.pem").write_bytes(pem(root))
+    (tmp_path / "root.key").write_bytes(root.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    subprocess.run(["openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "root.pem",
+                    "-CAkey", "root.key", "-set_serial", "7", "-days", "2", "-sha256",
+                    "-sigopt", "rsa_padding_mode:pss", "-out", "leaf.pem"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    subprocess.run(["openssl", "verify", "-CAfile", "root.pem", "leaf.pem"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    cert = x509.load_pem_x509_certificate((tmp_path / "leaf.pem").read_bytes())
+    assert cert.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS
+    info = verify(tmp_path, signed(tmp_path, Identity(leaf_key, cert)), root)
+    assert not info.trusted
+    assert info.reason == "no issuer CN=Root CA of CN=PSS Signer in the trust store"
