@@ -4,7 +4,8 @@ This module owns the choice of compressor backend for the VMDK writer and the
 gzip writer: ISA-L's igzip (Debian package libisal2, through isal.py), the
 libdeflate shared library (libdeflate0) through ctypes, and Python's zlib,
 whichever are installed.  All produce streams that any inflate accepts;
-their bytes differ, so output is deterministic per backend and level.
+their bytes differ.  libdeflate and zlib are deterministic per level; ISA-L's
+stateless deflate may choose other, equally valid, matches from run to run.
 
 Levels are zlib's 0..9 (`--compress-level`; the VMDK writer uses 1).  The
 backend follows the level (best_backend), by this measurement: 64 KiB grains
