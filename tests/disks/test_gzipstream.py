@@ -170,9 +170,9 @@ def test_foreign_streams_inflate_on_every_path(tmp_path, tools, tool, kind):
 
 
 @pytest.mark.parametrize("tool", ["igzip", "pigz"])
-def test_a_stream_that_barely_compresses_inflates_in_zlib(tmp_path, tools, tool):
-    """gzip of deflated data (a streamOptimized VMDK, an OVA of one): a tool
-    costs more than it saves (its output crosses a pipe)."""
+def test_a_stream_that_barely_compresses_goes_through_the_tool(tmp_path, tools, tool):
+    """gzip of deflated data (a streamOptimized VMDK): the tool still
+    inflates it beside our writes, and data after it is still refused."""
     tools(tool)
     data = random.Random(5).randbytes(2 * MIB) + text(200 * KIB, 5)
     path = str(tmp_path / "dense.gz")
@@ -180,7 +180,7 @@ def test_a_stream_that_barely_compresses_inflates_in_zlib(tmp_path, tools, tool)
         handle.write(gzip.compress(data, mtime=0))
     got, how = inflate([member(path)])
     assert sha256(got) == sha256(data)
-    assert how == "zlib"
+    assert how == tool
     with open(path, "ab") as handle:
         handle.write(b"garbage")
     with pytest.raises(DiskError, match="trailing data"):
