@@ -25,7 +25,6 @@ import os
 import stat
 import tempfile
 import weakref
-import zlib
 from typing import BinaryIO, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from ganeti_ovf.errors import OvfError, PackageError
@@ -38,8 +37,6 @@ DESCRIPTOR_CAP = 32 << 20
 MANIFEST_CAP = 4 << 20
 CERTIFICATE_CAP = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
-_GUNZIP_READ = 1 << 20
-_GUNZIP_OUT = 16 << 20  # bounds memory per step however well the input compresses
 _CHUNK_DIGITS = 9  # href.000000000, as the OVF specification numbers chunks
 
 
@@ -75,7 +72,8 @@ class Package:
         """Open the .ovf descriptor (files beside it) or .ova archive at `path`.
 
         A gzip-compressed OVA is decompressed into `staging_dir` by `inflate`
-        (None: Python's zlib): at most `max_staged` bytes (--max-disk-size;
+        (the disks stage's gzipstream.gunzip, which the importer passes: this
+        stage imports no later one): at most `max_staged` bytes (--max-disk-size;
         None: no cap of its own) and never more than the free space there.
         Raises PackageError for anything that is neither, is unsafe, or
         exceeds those bounds.
@@ -87,9 +85,9 @@ class Package:
             except OSError as err:
                 raise PackageError("%s: cannot read: %s" % (path, err.strerror))
             if head.startswith(GZIP_MAGIC):
-                if staging_dir is None:
+                if staging_dir is None or inflate is None:
                     raise PackageError("%s: a gzip-compressed OVA needs a staging directory"
-                                       % path)
+                                       " and an inflater" % path)
                 return _OvaPackage(path, [source, _gunzip(source, staging_dir, max_staged,
                                                            inflate)],
                                    max_members)
@@ -459,10 +457,10 @@ def _gunzip_bound(path: str, staging_dir: str, cap: Optional[int]) -> Tuple[int,
     return room, "the free space of %s" % staging_dir
 
 
-def _gunzip(source: OpenedFile, staging_dir: str, cap: Optional[int] = None,
-            inflate: Optional[Inflate] = None) -> OpenedFile:
+def _gunzip(source: OpenedFile, staging_dir: str, cap: Optional[int],
+            inflate: Inflate) -> OpenedFile:
     """Decompress the gzip OVA `source` into a private file in `staging_dir`
-    with `inflate` (None: zlib, _gunzip_stream), within _gunzip_bound().
+    with `inflate`, within _gunzip_bound().
 
     The copy is unlinked at once: it lives while its descriptor is open, and
     nobody can reach it by name.  Zero padding after the stream (a tape's
@@ -478,19 +476,13 @@ def _gunzip(source: OpenedFile, staging_dir: str, cap: Optional[int] = None,
     try:
         with os.fdopen(os.dup(fd), "wb") as target:
             bounded = _BoundedTarget(path, target, *_gunzip_bound(path, staging_dir, cap))
-            if inflate is None:
-                reading = os.dup(source.fd)
-                os.lseek(reading, 0, os.SEEK_SET)
-                with os.fdopen(reading, "rb") as stream:
-                    _gunzip_stream(path, stream, bounded)
-            else:
-                whole = Member(os.path.basename(path), path, 0, source.size, source.fd)
-                try:
-                    inflate([whole], bounded.write, path, padding=True)
-                except PackageError:
-                    raise  # the bounds'
-                except OvfError as err:  # the inflater's stage's: this stage's here
-                    raise PackageError(str(err)) from None
+            whole = Member(os.path.basename(path), path, 0, source.size, source.fd)
+            try:
+                inflate([whole], bounded.write, path, padding=True)
+            except PackageError:
+                raise  # the bounds'
+            except OvfError as err:  # the inflater's stage's: this stage's here
+                raise PackageError(str(err)) from None
     except OSError as err:
         os.close(fd)
         raise PackageError("%s: cannot decompress into %s: %s"
@@ -517,38 +509,3 @@ class _BoundedTarget:
                                % (self.path, self.limit, self.rule))
         self.target.write(data)
         self.size += len(data)
-
-
-def _gunzip_stream(path: str, source: BinaryIO, target: "_BoundedTarget") -> None:
-    """Inflate with Python's zlib, to gzipstream.gunzip's rules and messages."""
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    pending = b""
-    padded = False
-    try:
-        while True:
-            if not pending:
-                pending = source.read(_GUNZIP_READ)
-                if not pending:
-                    break
-            if decompressor.eof and len(pending) < len(GZIP_MAGIC):
-                more = source.read(_GUNZIP_READ)  # the next magic may straddle reads
-                if more:
-                    pending += more
-                    continue
-            if decompressor.eof:
-                # Another gzip member follows (pigz and cat produce these),
-                # or zero padding to the end, which gzip itself ignores.
-                if not pending.strip(b"\0"):
-                    pending, padded = b"", True
-                    continue
-                if padded or not pending.startswith(GZIP_MAGIC):
-                    raise PackageError("%s: trailing data after the gzip stream" % path)
-                decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            target.write(decompressor.decompress(pending, _GUNZIP_OUT))
-            pending = decompressor.unconsumed_tail or decompressor.unused_data
-        if not decompressor.eof:
-            target.write(decompressor.flush())  # output held back by the size bound
-    except zlib.error as err:
-        raise PackageError("%s: corrupt gzip data: %s" % (path, err))
-    if not decompressor.eof:
-        raise PackageError("%s: gzip stream is truncated" % path)

@@ -131,9 +131,10 @@ def test_gzip_ova_that_cannot_be_staged(tmp_path: Path) -> None:
     (tmp_path / "vm.ova").write_bytes(gzip.compress(archive.getvalue()))
     staging = tmp_path / "staging"
     staging.mkdir()
-    script = ("from ganeti_ovf.package.reader import Package\n"
+    script = ("from ganeti_ovf.disks import gzipstream\n"
+              "from ganeti_ovf.package.reader import Package\n"
               "try:\n"
-              "    Package.open(%r, %r)\n"
+              "    Package.open(%r, %r, inflate=gzipstream.gunzip)\n"
               "except Exception as err:\n"
               "    print(type(err).__name__, err)\n" % (str(tmp_path / "vm.ova"), str(staging)))
 
