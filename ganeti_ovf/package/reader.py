@@ -6,8 +6,8 @@ OVF folder's member is the file itself, an OVA member is a range of the tar
 (see tarreader.py for the tar rules).  A gzip-compressed OVA is the one case
 that needs a copy: it is decompressed, streaming, into a private file in the
 caller's staging directory and read in place from there.  The caller passes
-the inflater (disks/gzipstream.gunzip, a later stage: igzip, libdeflate or
-pigz); without one Python's zlib does it here, to the same rules.
+the inflater (disks/gzipstream.gunzip, a later stage, which this one may not
+import: igzip, libdeflate or pigz, else zlib); there is no second one here.
 
 Safety: member names are relative paths of plain components (hrefs such as
 `disks/disk1.vmdk` included); in a folder every component is opened with
