@@ -11,14 +11,15 @@ is trusted to be raw without inspection saying so.  Programs run only in
 qemu.py.
 """
 
+import dataclasses
 import os
-from concurrent.futures import ThreadPoolExecutor
 import tempfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from ganeti_ovf.disks import formats, gzipstream, qemu, vmdkread
+from ganeti_ovf.disks import formats, gzipstream, qemu, vmdkflow, vmdkread
 from ganeti_ovf.disks.target import Target
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import COMPRESSION_GZIP, COMPRESSION_NONE, Member
@@ -80,6 +81,14 @@ class _SparseWriter:
                 self.allocated += len(piece)
             self.size += len(piece)
 
+    def skip(self, count: int) -> None:
+        """`count` bytes left out: a hole, within the size limit."""
+        if self.size + count > self.limit:
+            raise DiskError("%s: expands beyond the limit of %d bytes%s"
+                            % (self.name, self.limit,
+                               " (%s)" % self.rule if self.rule else ""))
+        self.size += count
+
     def finish(self) -> None:
         # Trailing holes are not written: give the file its full length.
         os.ftruncate(self.fd, self.size)
@@ -112,6 +121,20 @@ def materialize(members: Sequence[Member], compression: str, staging_dir: str,
     name = members[0].name
     if compression not in (COMPRESSION_NONE, COMPRESSION_GZIP):
         raise DiskError("%s: unsupported compression %r" % (name, compression))
+
+    def fill(out: _SparseWriter) -> None:
+        if compression == COMPRESSION_GZIP:
+            gzipstream.gunzip(members, out.write, name)
+        else:
+            for block in (block for member in members for block in _member_blocks(member)):
+                out.write(block)
+
+    return _staged(name, staging_dir, limit, rule, fill)
+
+
+def _staged(name: str, staging_dir: str, limit: int, rule: str,
+            fill: Callable[[_SparseWriter], None]) -> Member:
+    """A private staging file (see materialize) that fill() writes."""
     room = free_space(staging_dir)
     try:
         fd, path = tempfile.mkstemp(prefix=".disk-", suffix=".img", dir=staging_dir)
@@ -121,12 +144,7 @@ def materialize(members: Sequence[Member], compression: str, staging_dir: str,
                         % (name, staging_dir, err.strerror)) from None
     try:
         out = _SparseWriter(fd, limit, name, rule, room, staging_dir)
-        blocks = (block for member in members for block in _member_blocks(member))
-        if compression == COMPRESSION_GZIP:
-            gzipstream.gunzip(members, out.write, name)
-        else:
-            for block in blocks:
-                out.write(block)
+        fill(out)
         out.finish()
     except BaseException as err:
         os.close(fd)
@@ -206,23 +224,41 @@ def prepare(members: Sequence[Member], compression: str, capacity: Optional[int]
     staged = False
     if compression != COMPRESSION_NONE or len(members) > 1 \
             or not qemu.readable_in_place(member):
-        rule = "the caller's limit"
-        if limit is None:
-            limit, rule = _materialize_limit(capacity, max_size)
+        limit, rule = _staging_limit(capacity, max_size, limit)
         member = materialize(members, compression, staging_dir, limit, rule)
         staged = True
+    return _inspected(member, staged, capacity, max_size, declared_format)
+
+
+def _staging_limit(capacity: Optional[int], max_size: Optional[int],
+                   limit: Optional[int]) -> Tuple[int, str]:
+    if limit is None:
+        return _materialize_limit(capacity, max_size)
+    return limit, "the caller's limit"
+
+
+def _admit(name: str, virtual_size: int, fmt: str, capacity: Optional[int],
+           max_size: Optional[int]) -> None:
+    """Refuse a virtual size over the declared capacity (capacity_allowance)
+    or `max_size`."""
+    if capacity is not None and virtual_size > capacity_allowance(capacity, fmt):
+        raise DiskError("%s: virtual size %d bytes is larger than the declared"
+                        " capacity of %d bytes (ovf:capacity)"
+                        % (name, virtual_size, capacity))
+    if max_size is not None and virtual_size > max_size:
+        raise DiskError("%s: virtual size %d bytes is over the maximum of %d"
+                        " (--max-disk-size)" % (name, virtual_size, max_size))
+
+
+def _inspected(member: Member, staged: bool, capacity: Optional[int],
+               max_size: Optional[int], declared_format: Optional[str]) -> PreparedDisk:
+    """Inspect `member` (here and by qemu-img info) and admit its size; a
+    staged member is closed when this fails."""
     try:
         image = formats.inspect(member, declared_format)
         described = qemu.info(member, image.format, expected_size=image.virtual_size)
         virtual_size = described["virtual-size"]
-        if capacity is not None \
-                and virtual_size > capacity_allowance(capacity, image.format):
-            raise DiskError("%s: virtual size %d bytes is larger than the declared"
-                            " capacity of %d bytes (ovf:capacity)"
-                            % (member.name, virtual_size, capacity))
-        if max_size is not None and virtual_size > max_size:
-            raise DiskError("%s: virtual size %d bytes is over the maximum of %d"
-                            " (--max-disk-size)" % (member.name, virtual_size, max_size))
+        _admit(member.name, virtual_size, image.format, capacity, max_size)
     except BaseException:
         if staged:
             os.close(member.fd)
@@ -261,14 +297,23 @@ def import_disk(members: Sequence[Member], compression: str, capacity: Optional[
 
     See prepare() for `members`, `capacity`, `limit`, `max_size` and
     `declared_format`.  The raw output is extended (sparsely) to `capacity`
-    when the image is smaller; it is never cut.  Raises DiskError; no `dest`
-    is left behind then.
+    when the image is smaller; it is never cut.  A gzip file holding a
+    streamOptimized VMDK is converted as it inflates (vmdkflow.py) when that
+    pass can vouch for the result.  Raises DiskError; no `dest` is left
+    behind then.
     """
     if not members:
         raise DiskError("%s: no disk file" % dest)
-    prepared = prepare(members, compression, capacity, staging_dir, limit, max_size,
-                       declared_format)
-    capacity = capacity or 0
+    prepared = None
+    if compression == COMPRESSION_GZIP:
+        flowed = _import_flowing(members, capacity, dest, staging_dir, progress, limit,
+                                 max_size, declared_format)
+        if isinstance(flowed, ImportedDisk):
+            return _extended(flowed, capacity)
+        prepared = flowed  # stored whole, not a streamOptimized VMDK; or None
+    if prepared is None:
+        prepared = prepare(members, compression, capacity, staging_dir, limit, max_size,
+                           declared_format)
     member, image, virtual_size = prepared.member, prepared.image, prepared.virtual_size
 
     def write() -> None:
@@ -287,17 +332,102 @@ def import_disk(members: Sequence[Member], compression: str, capacity: Optional[
         raise
     finally:
         release(prepared)
+    return _extended(ImportedDisk(path=dest, format=image.format, virtual_size=virtual_size,
+                                  size=0, details=dict(image.details)), capacity)
+
+
+def _extended(disk: ImportedDisk, capacity: Optional[int]) -> ImportedDisk:
+    """`disk` with its file extended (sparsely) to `capacity` when smaller,
+    and its size filled in; removed on failure."""
+    capacity = capacity or 0
     try:
-        size = os.stat(dest).st_size
+        size = os.stat(disk.path).st_size
         if size < capacity:
-            os.truncate(dest, capacity)
+            os.truncate(disk.path, capacity)
             size = capacity
     except OSError as err:
-        _discard(dest)
+        _discard(disk.path)
         raise DiskError("%s: cannot extend to %d bytes: %s"
-                        % (dest, capacity, err.strerror)) from None
-    return ImportedDisk(path=dest, format=image.format, virtual_size=virtual_size,
-                        size=size, details=dict(image.details))
+                        % (disk.path, capacity, err.strerror)) from None
+    return dataclasses.replace(disk, size=size)
+
+
+def _import_flowing(members: Sequence[Member], capacity: Optional[int], dest: str,
+                    staging_dir: str, progress: Optional[Callable[[float], None]],
+                    limit: Optional[int], max_size: Optional[int],
+                    declared_format: Optional[str]
+                    ) -> Union[ImportedDisk, PreparedDisk, None]:
+    """Inflate a gzip file once, converting a streamOptimized VMDK in it on
+    the way (vmdkflow.py) into `dest`.
+
+    Returns the ImportedDisk when the pass vouched for it; the PreparedDisk
+    of the whole file stored in staging when it holds another kind of image;
+    None, having removed `dest`, when the pass cannot vouch for the VMDK:
+    then the caller reads it the ordinary way, which says what is wrong.
+    """
+    name = members[0].name
+    if capacity is not None and capacity < 0:
+        raise DiskError("%s: negative capacity %d" % (name, capacity))
+    created: List[int] = []
+
+    def output(virtual_size: int) -> Tuple[int, str]:
+        _admit(name, virtual_size, "vmdk", capacity, max_size)
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise DiskError("%s: cannot create: %s" % (dest, err.strerror)) from None
+        created.append(fd)
+        os.ftruncate(fd, virtual_size)
+        return fd, dest
+
+    flow: Optional[vmdkflow.Flow] = None
+
+    def fill(out: _SparseWriter) -> None:
+        nonlocal flow
+        flow = vmdkflow.Flow(name, out, output, progress=progress)
+        try:
+            gzipstream.gunzip(members, flow.write, name)
+            flow.finish()
+        finally:
+            flow.close()
+
+    limit, rule = _staging_limit(capacity, max_size, limit)
+    try:
+        skeleton = _staged(name, staging_dir, limit, rule, fill)
+    except vmdkflow.FlowRefused:
+        _removed(dest, created)
+        return None
+    except BaseException:
+        _removed(dest, created)
+        raise
+    if not flow.flowing:
+        return _inspected(skeleton, True, capacity, max_size, declared_format)
+    try:
+        flow.verify(skeleton.fd, skeleton.size)
+        prepared = _inspected(skeleton, False, capacity, max_size, declared_format)
+        if not _stream_optimized(prepared.image) \
+                or prepared.virtual_size != flow.geo.capacity:
+            raise vmdkflow.FlowRefused("inspection disagrees with the header")
+    except (vmdkflow.FlowRefused, DiskError):
+        # Inspected in a skeleton: the ordinary reading says what is wrong.
+        _removed(dest, created)
+        return None
+    except BaseException:
+        _removed(dest, created)
+        raise
+    finally:
+        os.close(skeleton.fd)
+    os.close(created[0])
+    return ImportedDisk(path=dest, format=prepared.image.format,
+                        virtual_size=prepared.virtual_size, size=0,
+                        details=dict(prepared.image.details))
+
+
+def _removed(dest: str, created: List[int]) -> None:
+    """Close and remove the output the flow created, if it did."""
+    if created:
+        os.close(created[0])
+        _discard(dest)
 
 
 def write_into(prepared: PreparedDisk, disk: Target, staging_dir: str,

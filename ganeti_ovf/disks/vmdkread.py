@@ -29,9 +29,10 @@ import collections
 import concurrent.futures
 import os
 import sys
+import threading
 import zlib
 from array import array
-from typing import Callable, Deque, Iterator, List, Optional, Tuple
+from typing import Callable, Deque, Iterator, List, Optional, Tuple, Union
 
 # The format's layout is declared once, in the writer.
 from ganeti_ovf.disks.vmdkstream import (COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS,
@@ -59,6 +60,7 @@ MAX_THREADS = 8
 
 Progress = Callable[[float], None]
 Zero = Callable[[int, int], None]  # zero(offset, length) on the output
+Buffer = Union[bytes, memoryview]
 _Grain = Tuple[int, int]  # (file sector of the marker, grain index)
 
 
@@ -227,12 +229,15 @@ def _batches(src: _Source, geo: _Geometry, index: int, table: array) -> List[Lis
     return batches
 
 
-class _Converter:
-    """Reads, inflates and writes batches of grains (runs on pool threads)."""
+class GrainWriter:
+    """Inflates grains and writes them into the raw disk `out` (`dest` in
+    messages), from any thread.  Owns the checks on what a grain inflates
+    to and the zero handling; shared by the reader below and vmdkflow.py.
+    `name` names the image in messages."""
 
-    def __init__(self, src: _Source, geo: _Geometry, out: int, dest: str,
+    def __init__(self, name: str, geo: _Geometry, out: int, dest: str,
                  zero: Optional[Zero] = None) -> None:
-        self.src = src
+        self.name = name
         self.geo = geo
         self.out = out
         self.dest = dest
@@ -241,35 +246,14 @@ class _Converter:
         self.zero_page = bytes(PAGE)
         # Compressed data may not exceed twice the grain (QEMU's bound).
         self.max_compressed = 2 * geo.grain - GRAIN_MARKER.size
+        # One writer at a time: threads writing one file at once spin on its
+        # inode lock (perf: a fifth of the CPU in rwsem_spin_on_owner) where
+        # they could be inflating.
+        self._write_lock = threading.Lock()
 
-    def run(self, batch: List[_Grain]) -> None:
-        name = self.src.name
-        start = batch[0][0] * SECTOR
-        end = min(batch[-1][0] * SECTOR + GRAIN_MARKER.size + self.geo.grain + SECTOR,
-                  self.src.size)
-        block = self.src.read(start, end - start, "VMDK grains")
-        for sector, grain in batch:
-            rel = sector * SECTOR - start
-            lba, size = GRAIN_MARKER.unpack_from(block, rel)
-            if lba != grain * self.geo.grain_sectors:
-                raise DiskError("%s: VMDK grain marker at sector %d says LBA %d, its grain"
-                                " table entry says %d" % (name, sector, lba,
-                                                          grain * self.geo.grain_sectors))
-            if not 0 < size <= self.max_compressed:
-                raise DiskError("%s: VMDK grain at sector %d has compressed size %d"
-                                " (1..%d allowed)" % (name, sector, size,
-                                                      self.max_compressed))
-            rel += GRAIN_MARKER.size
-            if rel + size <= len(block):
-                data = memoryview(block)[rel:rel + size]
-            else:
-                data = memoryview(self.src.read(sector * SECTOR + GRAIN_MARKER.size,
-                                                size, "VMDK grain data"))
-            self._inflate_and_write(grain, sector, data)
-
-    def _inflate_zlib(self, data: memoryview, sector: int) -> bytes:
+    def _inflate_zlib(self, data: Buffer, sector: int) -> bytes:
         """Python's zlib: without libdeflate, and to say what is wrong."""
-        name, geo = self.src.name, self.geo
+        name, geo = self.name, self.geo
         inflater = zlib.decompressobj()
         try:
             raw = inflater.decompress(data, geo.grain)
@@ -284,8 +268,10 @@ class _Converter:
                             % (name, sector))
         return raw
 
-    def _inflate_and_write(self, grain: int, sector: int, data: memoryview) -> None:
-        name, geo = self.src.name, self.geo
+    def inflate_and_write(self, grain: int, sector: int, data: Buffer) -> None:
+        """Grain number `grain`, stored at file sector `sector` as `data`
+        (its deflated bytes): inflated, checked and written."""
+        name, geo = self.name, self.geo
         position = grain * geo.grain
         raw = deflate.inflate_zlib(data, geo.grain)  # libdeflate: 3x zlib's speed
         if raw is None:
@@ -322,7 +308,42 @@ class _Converter:
             self._write(raw[run:limit], position + run)
 
     def _write(self, data: bytes, position: int) -> None:
-        pwrite_all(self.out, data, position, self.dest)
+        with self._write_lock:
+            pwrite_all(self.out, data, position, self.dest)
+
+
+class _Converter(GrainWriter):
+    """Reads, inflates and writes batches of grains (runs on pool threads)."""
+
+    def __init__(self, src: _Source, geo: _Geometry, out: int, dest: str,
+                 zero: Optional[Zero] = None) -> None:
+        super().__init__(src.name, geo, out, dest, zero)
+        self.src = src
+
+    def run(self, batch: List[_Grain]) -> None:
+        name = self.src.name
+        start = batch[0][0] * SECTOR
+        end = min(batch[-1][0] * SECTOR + GRAIN_MARKER.size + self.geo.grain + SECTOR,
+                  self.src.size)
+        block = self.src.read(start, end - start, "VMDK grains")
+        for sector, grain in batch:
+            rel = sector * SECTOR - start
+            lba, size = GRAIN_MARKER.unpack_from(block, rel)
+            if lba != grain * self.geo.grain_sectors:
+                raise DiskError("%s: VMDK grain marker at sector %d says LBA %d, its grain"
+                                " table entry says %d" % (name, sector, lba,
+                                                          grain * self.geo.grain_sectors))
+            if not 0 < size <= self.max_compressed:
+                raise DiskError("%s: VMDK grain at sector %d has compressed size %d"
+                                " (1..%d allowed)" % (name, sector, size,
+                                                      self.max_compressed))
+            rel += GRAIN_MARKER.size
+            if rel + size <= len(block):
+                data = memoryview(block)[rel:rel + size]
+            else:
+                data = memoryview(self.src.read(sector * SECTOR + GRAIN_MARKER.size,
+                                                size, "VMDK grain data"))
+            self.inflate_and_write(grain, sector, data)
 
 
 def convert_stream_optimized(member: Member, dest: str, virtual_size: int,
