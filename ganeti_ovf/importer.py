@@ -30,6 +30,7 @@ from ganeti_ovf.descriptor.reader import parse_descriptor
 from ganeti_ovf.errors import DiskError, ManifestError, OptionError, PackageError
 from ganeti_ovf.cluster.ganeti_export import ExportedDisk, size_to_mib
 from ganeti_ovf.package.manifest import verify_bytes, verify_member
+from ganeti_ovf.package.openfile import free_space
 from ganeti_ovf.model import Appliance, Disk, VirtualSystem
 from ganeti_ovf.package.reader import Package
 from ganeti_ovf.plan import ImportOverrides, Plan, make_plan
@@ -386,10 +387,9 @@ def _check_sizes(system: VirtualSystem, members: dict, max_size: int) -> list:
 def _check_free_space(output_dir: str, members: list) -> None:
     """The stored bytes are a floor of what the raw disks will take."""
     try:
-        stats = os.statvfs(output_dir)
-    except OSError:
+        free = free_space(output_dir, DiskError)
+    except DiskError:
         return  # created later; the conversion itself reports a full disk
-    free = stats.f_bavail * stats.f_frsize
     needed = sum(member.size for member in members)
     if needed > free:
         raise DiskError("%s: %d bytes free, the package's disks need at least %d"

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from ganeti_ovf.disks import formats, gzipstream, qemu, vmdkflow, vmdkread
 from ganeti_ovf.disks.target import Target
 from ganeti_ovf.errors import DiskError
+from ganeti_ovf.package import openfile
 from ganeti_ovf.model import COMPRESSION_GZIP, COMPRESSION_NONE, Member
 
 BLOCK = 1024 ** 2  # read and write unit; an all-zero block becomes a hole
@@ -94,17 +95,6 @@ class _SparseWriter:
         os.ftruncate(self.fd, self.size)
 
 
-def free_space(directory: str) -> int:
-    """Bytes an unprivileged user may still write in `directory`'s filesystem
-    (the root reserve is left alone); DiskError if it cannot be told."""
-    try:
-        stats = os.statvfs(directory)
-    except OSError as err:
-        raise DiskError("%s: cannot tell its free space: %s"
-                        % (directory, err.strerror)) from None
-    return stats.f_bavail * stats.f_frsize
-
-
 def materialize(members: Sequence[Member], compression: str, staging_dir: str,
                 limit: int, rule: str = "") -> Member:
     """Join `members` in order (decompressing gzip) into a private staging file.
@@ -135,7 +125,7 @@ def materialize(members: Sequence[Member], compression: str, staging_dir: str,
 def _staged(name: str, staging_dir: str, limit: int, rule: str,
             fill: Callable[[_SparseWriter], None]) -> Member:
     """A private staging file (see materialize) that fill() writes."""
-    room = free_space(staging_dir)
+    room = openfile.free_space(staging_dir, DiskError)
     try:
         fd, path = tempfile.mkstemp(prefix=".disk-", suffix=".img", dir=staging_dir)
         os.unlink(path)  # reached through its descriptor only; gone when closed

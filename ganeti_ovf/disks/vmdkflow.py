@@ -190,8 +190,8 @@ class Flow:
                                           % (position // SECTOR, size))
                     if end - at < length:
                         break
-                    record = bytearray(buffer[at:at + length])  # writable: no copy
-                    # for the inflater (deflate.py), nor for the skeleton
+                    record = buffer[at:at + length]  # a bytearray: the inflater
+                    # (deflate.py) and the skeleton take it without a copy
                     self._grain(lba, position, memoryview(record)[GRAIN_MARKER.size:
                                                                   GRAIN_MARKER.size + size])
                     self._emit(record, True)

@@ -151,6 +151,18 @@ def open_directory(path: str, error: Type[OvfError] = PackageError) -> int:
         raise error("%s: cannot open directory: %s" % (path, err.strerror)) from None
 
 
+def free_space(directory: str, error: Type[OvfError]) -> int:
+    """Bytes an unprivileged user may still write in `directory`'s filesystem
+    (the root reserve is left alone): what a file we write there may take.
+    `error` (the caller's stage's class) when it cannot be told."""
+    try:
+        stats = os.statvfs(directory)
+    except OSError as err:
+        raise error("%s: cannot tell its free space: %s"
+                    % (directory, err.strerror)) from None
+    return stats.f_bavail * stats.f_frsize
+
+
 def opened(source: "OpenedFile | str", what: str,
            error: Type[OvfError]) -> "contextlib.AbstractContextManager[OpenedFile]":
     """`source` as an open regular file: an OpenedFile is used as it is (and

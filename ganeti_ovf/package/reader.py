@@ -31,7 +31,7 @@ from ganeti_ovf.errors import OvfError, PackageError
 from ganeti_ovf.model import Member
 from ganeti_ovf.package import tarreader
 from ganeti_ovf.package.manifest import Manifest, parse_manifest
-from ganeti_ovf.package.openfile import OPEN_FLAGS, OpenedFile
+from ganeti_ovf.package.openfile import OPEN_FLAGS, OpenedFile, free_space
 
 DESCRIPTOR_CAP = 32 << 20
 MANIFEST_CAP = 4 << 20
@@ -446,12 +446,7 @@ def _gunzip_bound(path: str, staging_dir: str, cap: Optional[int]) -> Tuple[int,
     """The most a gzip OVA may decompress to in `staging_dir`, and the rule
     that says so: the space an unprivileged user may still write there (the
     root reserve stays free), and `cap` when smaller."""
-    try:
-        stats = os.statvfs(staging_dir)
-    except OSError as err:
-        raise PackageError("%s: cannot tell the free space of %s: %s"
-                           % (path, staging_dir, err.strerror))
-    room = stats.f_bavail * stats.f_frsize
+    room = free_space(staging_dir, PackageError)
     if cap is not None and cap < room:
         return cap, "--max-disk-size"
     return room, "the free space of %s" % staging_dir
