@@ -146,25 +146,32 @@ def directory_mode(file_mode: int) -> int:
 
 def clean_stale_staging(output_dir: str) -> list[str]:
     """Remove staging directories of runs that died; return their names."""
+    return _remove_abandoned(output_dir, STAGING_PREFIX)
+
+
+def _remove_abandoned(parent: str, prefix: str) -> list[str]:
+    """Remove the directories `prefix`* in `parent` that are ours (owned by
+    this user) and whose flock is free: their run died.  Return their names."""
     removed = []
     try:
-        names = os.listdir(output_dir)
+        names = os.listdir(parent)
     except OSError:
         return removed
     for name in names:
-        if not name.startswith(STAGING_PREFIX):
+        if not name.startswith(prefix):
             continue
-        path = os.path.join(output_dir, name)
+        path = os.path.join(parent, name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue  # a live run holds it
-        try:
+            if os.fstat(fd).st_uid != os.geteuid():
+                continue  # another user's: not ours to judge
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live run holds it
             shutil.rmtree(path, ignore_errors=True)
             removed.append(name)
         finally:
@@ -309,6 +316,7 @@ class Staging:
 # (info, the direct import), unless $TMPDIR names an absolute path: the
 # administrator's choice of a filesystem with room.
 SCRATCH_PARENT = "/var/tmp"
+SCRATCH_PREFIX = "gnt-ovf-scratch-"
 
 
 def scratch_parent() -> str:
@@ -320,17 +328,25 @@ def scratch_parent() -> str:
 @contextmanager
 def scratch_dir() -> Iterator[str]:
     """A private temporary directory (mode 0700, as mkdtemp always makes
-    it) under scratch_parent(), removed afterwards."""
+    it) under scratch_parent(), removed afterwards.
+
+    It is flock()ed while in use, like a staging directory: a run killed
+    with SIGKILL cannot remove it, so the next one does (those of this user
+    whose lock is free)."""
     parent = scratch_parent()
     try:
-        path = tempfile.mkdtemp(prefix="gnt-ovf-", dir=parent)
+        path = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=parent)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as err:
         raise PublishError("%s: cannot create a scratch directory: %s"
                            % (parent, err.strerror)) from None
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _remove_abandoned(parent, SCRATCH_PREFIX)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
 
 
 def _fsync_dir(path: str) -> None:

@@ -72,3 +72,40 @@ def test_name_lock_is_exclusive(tmp_path):
     with publish.name_lock(str(tmp_path), "inst"):
         pass
     assert os.listdir(tmp_path) == []
+
+
+def test_scratch_left_by_a_killed_run_is_removed_by_the_next(tmp_path, monkeypatch):
+    import fcntl
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    dead = tmp_path / (publish.SCRATCH_PREFIX + "dead")  # its run was SIGKILLed
+    dead.mkdir(mode=0o700)
+    (dead / ".qemu-img-x.log").write_text("(10.00/100%)")
+    live = tmp_path / (publish.SCRATCH_PREFIX + "live")  # a run still at work
+    live.mkdir(mode=0o700)
+    holder = os.open(str(live), os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    others = tmp_path / (publish.SCRATCH_PREFIX + "nobody")  # not ours to judge
+    others.mkdir()
+    (others / "file").write_text("theirs")
+    os.chown(str(others), 65534, 65534)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "file").write_text("kept")
+    link = tmp_path / (publish.SCRATCH_PREFIX + "link")  # never followed
+    link.symlink_to(target)
+    unrelated = tmp_path / "gnt-ovf-fuzz-1"
+    unrelated.mkdir()
+    try:
+        with publish.scratch_dir() as scratch:
+            assert os.path.basename(scratch).startswith(publish.SCRATCH_PREFIX)
+            assert os.stat(scratch).st_mode & 0o777 == 0o700
+            assert not dead.exists()
+            assert sorted(os.listdir(tmp_path)) == sorted(
+                [os.path.basename(scratch), live.name, others.name, link.name,
+                 "elsewhere", unrelated.name])
+        assert (target / "file").read_text() == "kept"
+        assert (others / "file").read_text() == "theirs"
+        assert live.is_dir() and unrelated.is_dir()
+        assert not os.path.exists(scratch)
+    finally:
+        os.close(holder)

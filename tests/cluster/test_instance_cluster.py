@@ -9,6 +9,7 @@ killed with SIGKILL) must leave no instance behind, or, after SIGKILL, one
 marked as interrupted that the next run handles; nothing is ever started.
 """
 
+import glob
 import hashlib
 import os
 import signal
@@ -17,6 +18,8 @@ import time
 import pytest
 from nscluster import FILE_STORAGE_DIR, NODE, SHARED_FILE_STORAGE_DIR
 from packaging import MIB, build_package, sha256_file
+
+from ganeti_ovf import publish
 
 MARKER = "ganeti-ovf:importing"
 DIRECT_OPTS = ["--submit-import", "--no-name-check", "--no-ip-check", "--ignore-ipolicy"]
@@ -193,6 +196,7 @@ def test_sigkill_leaves_a_marked_instance_the_next_run_handles(ganeti_cluster):
         for item in ("appliance.ovf", "appliance-disk0.img"):
             handle.write("SHA256(%s)= %s\n" % (item, sha256_file(os.path.join(killed, item))))
     log = cluster.inner_path(os.path.join(workdir, "run.log"))
+    scratch_before = set(glob.glob("/var/tmp/%s*" % publish.SCRATCH_PREFIX))
     started = cluster.run(
         "cd %s && PYTHONPATH=%s nohup /usr/bin/python3 -m ganeti_ovf import %s"
         " --disk-template file --net 0:ip=192.0.2.95 %s >%s 2>&1 </dev/null & echo $!"
@@ -208,6 +212,10 @@ def test_sigkill_leaves_a_marked_instance_the_next_run_handles(ganeti_cluster):
             return False
     _wait_for(writing)
     cluster.run(["kill", "-%d" % signal.SIGKILL, pid])
+    # Its scratch directory (the cluster shares the host's /var/tmp) stays:
+    # nothing of the disk is in it (staged copies have no name).
+    (left,) = set(glob.glob("/var/tmp/%s*" % publish.SCRATCH_PREFIX)) - scratch_before
+    assert all(name.startswith(".qemu-img-") for name in os.listdir(left)), os.listdir(left)
 
     assert MARKER in state(cluster, name)
     assert state(cluster, name).startswith("down|N|")
@@ -229,6 +237,7 @@ def test_sigkill_leaves_a_marked_instance_the_next_run_handles(ganeti_cluster):
         (disk,) = activated_disks(cluster, name)
         assert sha256_file(disk, os.path.getsize(raws[0])) == sha256_file(raws[0])
         assert "interrupted" not in gnt_ovf(cluster, "status", name).stdout
+        assert not os.path.exists(left)  # removed by the next run that made one
     finally:
         cluster.run(["gnt-instance", "remove", "-f", name], check=False)
 

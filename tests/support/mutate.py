@@ -61,6 +61,7 @@ MODULES: Dict[str, Tuple[str, ...]] = {
         "tests/disks/test_formats.py", "tests/disks/test_formats_pins.py"),
     "ganeti_ovf/disks/vmdkread.py": (
         "tests/disks/test_vmdkread.py", "tests/disks/test_vmdk_pins.py"),
+    "ganeti_ovf/disks/vmdkflow.py": ("tests/disks/test_vmdkflow.py",),
     "ganeti_ovf/disks/vmdkstream.py": (
         "tests/disks/test_vmdkstream.py", "tests/disks/test_vmdk_pins.py",
         "tests/disks/test_vmdkread.py"),
