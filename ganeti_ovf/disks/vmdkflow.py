@@ -158,7 +158,7 @@ class Flow:
             geo = vmdkread._Geometry(self.name, fields, 1 << 62)
         except DiskError:
             return  # vmdkread says what is wrong, reading it whole
-        if geo.grains > MAX_GRAINS or geo.grain_sectors * SECTOR > vmdkread.MAX_GRAIN_BYTES:
+        if geo.grains > MAX_GRAINS:
             return
         fd, dest = self.output(geo.capacity)
         self.geo = geo
