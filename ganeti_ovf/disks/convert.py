@@ -294,6 +294,8 @@ def import_disk(members: Sequence[Member], compression: str, capacity: Optional[
     """
     if not members:
         raise DiskError("%s: no disk file" % dest)
+    if capacity is not None and capacity < 0:
+        raise DiskError("%s: negative capacity %d" % (members[0].name, capacity))
     prepared = None
     if compression == COMPRESSION_GZIP:
         flowed = _import_flowing(members, capacity, dest, staging_dir, progress, limit,
@@ -356,8 +358,6 @@ def _import_flowing(members: Sequence[Member], capacity: Optional[int], dest: st
     then the caller reads it the ordinary way, which says what is wrong.
     """
     name = members[0].name
-    if capacity is not None and capacity < 0:
-        raise DiskError("%s: negative capacity %d" % (name, capacity))
     created: List[int] = []
 
     def output(virtual_size: int) -> Tuple[int, str]:
@@ -367,7 +367,11 @@ def _import_flowing(members: Sequence[Member], capacity: Optional[int], dest: st
         except OSError as err:
             raise DiskError("%s: cannot create: %s" % (dest, err.strerror)) from None
         created.append(fd)
-        os.ftruncate(fd, virtual_size)
+        try:
+            os.ftruncate(fd, virtual_size)
+        except OSError as err:
+            raise DiskError("%s: cannot size to %d bytes: %s"
+                            % (dest, virtual_size, err.strerror)) from None
         return fd, dest
 
     flow: Optional[vmdkflow.Flow] = None

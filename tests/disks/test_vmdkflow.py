@@ -8,6 +8,7 @@ stream is inflated once, nothing but metadata is stored, and every image
 the pass cannot vouch for is read the ordinary way.
 """
 
+import errno
 import gzip
 import os
 import random
@@ -175,6 +176,24 @@ def test_capacity_refused_before_the_disk_is_made(tmp_path, spy):
         "disk.vmdk: virtual size 4194304 bytes is larger than the declared capacity"
         " of 2097152 bytes (ovf:capacity)")
     assert spy.gunzips == 1 and not os.path.exists(tmp_path / "out.raw")
+
+
+def test_a_disk_that_cannot_be_sized_is_one_clean_error(tmp_path, monkeypatch):
+    raw = make_raw(tmp_path / "src.raw", 2 * MIB, [(0, b"data")])
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    real = os.ftruncate
+
+    def too_large(fd, length):
+        if length == 2 * MIB:  # the disk, not the staging file
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        return real(fd, length)
+
+    monkeypatch.setattr(os, "ftruncate", too_large)
+    dest = tmp_path / "out.raw"
+    with pytest.raises(DiskError) as err:
+        import_gz(image, dest)
+    assert str(err.value) == "%s: cannot size to 2097152 bytes: File too large" % dest
+    assert not dest.exists()
 
 
 # --- what the pass cannot vouch for is read the ordinary way ------------------
