@@ -39,6 +39,7 @@ import bisect
 import collections
 import concurrent.futures
 import os
+import sys
 from array import array
 from typing import Callable, Deque, List, Optional, Protocol, Tuple, Union
 
@@ -54,7 +55,7 @@ from ganeti_ovf.model import Member
 # what format inspection reads near the start (an ISO signature at 32 KiB)
 # must be real bytes in the skeleton.  VMware, VirtualBox and vmdkstream
 # start grains at 64 KiB, qemu-img at 64 or 576 KiB.
-HEAD = 64 * 1024
+HEAD = 128 * SECTOR  # 64 KiB
 # The stream's last bytes are real in the skeleton, grains or not: what is
 # read at the end of an image (a footer, 1536 bytes; a VHD footer when
 # formats are told apart).  qemu-img ends small images with a grain.
@@ -62,7 +63,7 @@ TAIL = 64 * 1024
 # The table of written grains takes 4 bytes per grain of the disk: 8 MiB for
 # 128 GiB in 64 KiB grains.  Larger disks are stored whole first.
 MAX_GRAINS = 1 << 21
-BATCH_BYTES = 1024 ** 2  # deflated bytes per pool task
+BATCH_GRAINS = 16  # grains per pool task: about 1 MiB inflated
 MAX_THREADS = 8
 MAX_SECTOR = 0xFFFFFFFF  # grain table entries are 32-bit sector numbers
 
@@ -120,7 +121,6 @@ class Flow:
         self._decided = False
         self._real_until = 0  # bytes before this offset go to the skeleton
         self._batch: List[Tuple[int, int, memoryview]] = []
-        self._batch_bytes = 0
         self._threads = min(threads or os.cpu_count() or 1, MAX_THREADS)
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._pending: Deque[concurrent.futures.Future] = collections.deque()
@@ -155,7 +155,7 @@ class Flow:
                 or compression != COMPRESS_DEFLATE or overhead < HEAD:
             return
         try:
-            geo = vmdkread._Geometry(self.name, fields, 1 << 62)
+            geo = vmdkread._Geometry(self.name, fields, sys.maxsize)  # size: not yet known
         except DiskError:
             return  # vmdkread says what is wrong, reading it whole
         if geo.grains > MAX_GRAINS:
@@ -239,8 +239,7 @@ class Flow:
         self.sector_of[grain] = sector + 1
         self.grains_written += 1
         self._batch.append((grain, sector, data))
-        self._batch_bytes += len(data)
-        if self._batch_bytes >= BATCH_BYTES:
+        if len(self._batch) >= BATCH_GRAINS:
             self._submit()
         if self.progress is not None:
             done = 100.0 * (grain + 1) / geo.grains
@@ -249,7 +248,7 @@ class Flow:
                 self.progress(done)
 
     def _submit(self) -> None:
-        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        batch, self._batch = self._batch, []
         if not batch:
             return
         self._pending.append(self._pool.submit(self._run, batch))
@@ -271,24 +270,19 @@ class Flow:
 
     def finish(self) -> None:
         """After the last write(): the grains written, or FlowRefused."""
-        if not self.flowing:
-            if self._buffer:  # a stream shorter than a header
-                self.skeleton.write(bytes(self._buffer))
-                self._buffer.clear()
-            return
         try:
-            self._submit()
-            while self._pending:
-                self._result(self._pending.popleft())
+            if self.flowing:
+                self._submit()
+                while self._pending:
+                    self._result(self._pending.popleft())
         finally:
             self.close()
-        if self._buffer:  # a record cut short: left to the verdict below
-            self._emit(bytes(self._buffer), False)
+        if self._buffer:  # a stream shorter than a header, or a record cut
+            self._emit(bytes(self._buffer), False)  # short (verify judges it)
             self._buffer.clear()
         while self._held:
             self._release(self._held.popleft()[0], False)
-        self._held_bytes = 0
-        if self.progress is not None:
+        if self.flowing and self.progress is not None:
             self.progress(100.0)
 
     def close(self) -> None:
@@ -311,7 +305,7 @@ class Flow:
             geo = vmdkread._geometry(src)
             fields = HEADER.unpack(src.read(0, HEADER.size, "VMDK header"))
             # What format inspection reads of the descriptor (formats.Vmdk).
-            if 0 < fields[6] <= VMDK_MAX_DESCRIPTOR_SECTORS:
+            if fields[6] <= VMDK_MAX_DESCRIPTOR_SECTORS:
                 src.check(fields[5] * SECTOR, fields[6] * SECTOR, "VMDK descriptor")
         except DiskError as err:
             raise FlowRefused(str(err)) from None

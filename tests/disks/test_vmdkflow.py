@@ -16,7 +16,7 @@ import struct
 
 import pytest
 from test_vmdkread import (SECTOR, by_qemu, by_vmdkstream, digest, layout, make_raw,
-                           mixed_raw, patch, qemu_raw)
+                           mixed_raw, patch, qemu_raw, text)
 
 from members import opened_member
 from ganeti_ovf.disks import convert, gzipstream, vmdkflow, vmdkread
@@ -45,7 +45,8 @@ class Spy:
     def __init__(self, monkeypatch) -> None:
         self.gunzips = 0
         self.vouched = 0
-        self.refused = []
+        self.refused = []  # by verify()
+        self.stopped = []  # while the stream went through
         self.ordinary = 0
         self.staged = 0
         spy = self
@@ -73,7 +74,18 @@ class Spy:
                 spy.staged = max(spy.staged, self.allocated)
                 super().finish()
 
+        def stopping(method):
+            def wrapped(flow, *args):
+                try:
+                    return method(flow, *args)
+                except vmdkflow.FlowRefused as err:
+                    spy.stopped.append(str(err))
+                    raise
+            return wrapped
+
         monkeypatch.setattr(gzipstream, "gunzip", counted_gunzip)
+        monkeypatch.setattr(vmdkflow.Flow, "write", stopping(vmdkflow.Flow.write))
+        monkeypatch.setattr(vmdkflow.Flow, "finish", stopping(vmdkflow.Flow.finish))
         monkeypatch.setattr(vmdkflow.Flow, "verify", judged_verify)
         monkeypatch.setattr(vmdkread, "convert_stream_optimized", counted_convert)
         monkeypatch.setattr(convert, "_SparseWriter", Measured)
@@ -142,15 +154,26 @@ def test_disk_extended_to_the_declared_capacity(tmp_path, spy):
     assert digest(done.path) == digest(raw)
 
 
+def test_progress_follows_the_grains(tmp_path, spy):
+    # One stored grain, the sixth of 16: 6/16 of the disk is behind it.
+    raw = make_raw(tmp_path / "src.raw", MIB, [(5 * 64 * KIB, b"data")])
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    seen = []
+    import_gz(image, tmp_path / "out.raw", progress=seen.append)
+    assert spy.vouched == 1 and seen == [37.5, 100.0]
+
+
 def test_other_images_are_inflated_once_and_stored_whole(tmp_path, spy):
     raw = make_raw(tmp_path / "src.raw", 2 * MIB, [(0, random.Random(3).randbytes(MIB))])
     qcow2 = tmp_path / "disk.qcow2"
     os.system("qemu-img convert -f raw -O qcow2 %s %s" % (raw, qcow2))
     path = gzipped(qcow2)
     member = opened_member("disk.qcow2", path, 0, os.path.getsize(path))
+    seen = []
     done = convert.import_disk([member], COMPRESSION_GZIP, 2 * MIB, str(tmp_path / "o.raw"),
-                               str(tmp_path))
+                               str(tmp_path), seen.append)
     assert (spy.gunzips, spy.vouched, spy.refused, done.format) == (1, 0, [], "qcow2")
+    assert seen.count(100.0) == 1  # qemu-img's end; the pass says nothing
     assert digest(done.path) == digest(raw)
 
 
@@ -256,6 +279,131 @@ def test_damaged_images_get_the_ordinary_error(image, tmp_path, spy, damage):
     result = same_as_plain(image, tmp_path)
     assert result[0] == "error" and "\n" not in result[1]
     assert spy.vouched == 0
+
+
+# Damage the pass sees in the stream: it stops there, before buffering a
+# record it could not hold (a deflated size is a 32-bit field).
+STOPPED = {
+    "compressed_size_too_big": "grain at sector %d: 204800 deflated bytes",
+    "misaligned_lba": "grain marker at sector %d names LBA 3",
+    "two_markers_for_one_lba": "two grain markers name LBA 640",
+}
+
+
+def test_tables_that_cannot_be_read_refuse_with_their_reason(image, tmp_path, spy):
+    DAMAGE["directory_entry_past_the_end"](image)
+    same_as_plain(image, tmp_path)
+    assert len(spy.refused) == 1 and "points past the end of the file" in spy.refused[0]
+
+
+def test_a_header_vmdkread_refuses_is_stored_whole(image, tmp_path, spy):
+    patch(image, 20, struct.pack("<Q", 3))  # grainSize: not a power of two
+    result = same_as_plain(image, tmp_path)
+    assert result[0] == "error" and "grain" in result[1]
+    assert (spy.gunzips, spy.stopped, spy.refused) == (1, [], [])
+
+
+@pytest.mark.parametrize("damage", sorted(STOPPED))
+def test_the_pass_stops_at_the_first_sign(image, tmp_path, spy, damage):
+    grain = layout(image)[2] // SECTOR
+    DAMAGE[damage](image)
+    same_as_plain(image, tmp_path)
+    reason = STOPPED[damage] % grain if "%d" in STOPPED[damage] else STOPPED[damage]
+    assert spy.stopped == [reason] and spy.refused == []
+
+
+def test_a_descriptor_among_the_grains_is_not_trusted(image, tmp_path, spy):
+    # The header sends the descriptor into the first grain's record.
+    grain = layout(image)[2]
+    patch(image, 28, struct.pack("<QQ", grain // SECTOR, 1))
+    same_as_plain(image, tmp_path)
+    assert spy.refused == ["VMDK descriptor: 512 bytes at %d meet a grain record" % grain]
+
+
+def test_grains_before_the_head_are_stored_whole(tmp_path, spy):
+    # overHead 127 sectors: grains could hide what inspection reads near the
+    # start; the image is inflated once and read the ordinary way.
+    raw = make_raw(tmp_path / "src.raw", 2 * MIB, [(0, random.Random(5).randbytes(MIB))])
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    patch(image, 64, struct.pack("<Q", 127))  # overHead
+    result = same_as_plain(image, tmp_path)
+    assert result[0] == "disk" and result[1] == digest(raw)
+    assert (spy.gunzips, spy.vouched, spy.stopped, spy.refused) == (1, 0, [], [])
+
+
+def test_bytes_after_the_end_of_stream_are_not_grains(tmp_path, spy):
+    # qemu-img's layout (no footer): after an end-of-stream marker, a copy
+    # of the first grain record; QEMU reads neither.
+    raw = make_raw(tmp_path / "src.raw", 2 * MIB, [(0, random.Random(6).randbytes(MIB))])
+    image = by_qemu(raw, tmp_path / "disk.vmdk")
+    grain = layout(image)[2]
+    with open(image, "rb") as handle:
+        handle.seek(grain)
+        record = handle.read(SECTOR * 200)
+    with open(image, "ab") as handle:
+        handle.write(bytes(SECTOR) + record)  # the marker {0, 0, type 0}
+    result = same_as_plain(image, tmp_path)
+    assert result[0] == "disk" and result[1] == digest(raw)
+    assert (spy.gunzips, spy.vouched, spy.stopped) == (1, 1, [])
+
+
+def test_grain_tables_between_grains(tmp_path, spy):
+    # vmdkstream writes a table after every 512 grains: 40 MiB of data has
+    # grains after tables, and the tables in between are metadata.
+    raw = make_raw(tmp_path / "src.raw", 48 * MIB,
+                   [(offset, text(64 * KIB, offset)) for offset in range(0, 40 * MIB, 64 * KIB)])
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    seen = []
+    done = import_gz(image, tmp_path / "out.raw", progress=seen.append)
+    assert (spy.gunzips, spy.vouched, spy.stopped, spy.refused) == (1, 1, [], [])
+    assert digest(done.path) == digest(raw)
+    # In steps of a percent at least, not once per grain (640 of them).
+    assert seen[-1] == 100.0 and len(seen) <= 101
+    assert all(later - earlier >= 1 for earlier, later in zip(seen, seen[1:], strict=False))
+
+
+def test_holes_are_exactly_the_grain_records(tmp_path):
+    """The skeleton leaves out the grain records, byte for byte: what a
+    metadata read may not meet."""
+    raw = make_raw(tmp_path / "src.raw", 48 * MIB,
+                   [(offset, text(64 * KIB, offset)) for offset in range(0, 40 * MIB, 64 * KIB)])
+    image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
+    with open(image, "rb") as handle:
+        data = handle.read()
+    expected, position = [], struct.unpack_from("<Q", data, 64)[0] * SECTOR  # overHead
+    while position < len(data) - 3 * SECTOR:
+        lba, size = struct.unpack_from("<QI", data, position)
+        length = -(-(12 + size) // SECTOR) * SECTOR if size else \
+            SECTOR + struct.unpack_from("<Q", data, position)[0] * SECTOR
+        # A grain record is a hole unless it ends among the last TAIL bytes.
+        if size and position + length <= len(data) - vmdkflow.TAIL:
+            if expected and expected[-1][1] == position:
+                expected[-1][1] = position + length
+            else:
+                expected.append([position, position + length])
+        position += length
+
+    class Skeleton:
+        size = 0
+
+        def write(self, piece):
+            self.size += len(piece)
+
+        def skip(self, count):
+            self.size += count
+
+    out = tmp_path / "out.raw"
+    skeleton = Skeleton()
+    flow = vmdkflow.Flow("disk.vmdk", skeleton, lambda size: (
+        os.open(str(out), os.O_WRONLY | os.O_CREAT, 0o600), str(out)))
+    for start in range(0, 4096, 7):  # a header arriving in small pieces
+        flow.write(data[start:min(start + 7, 4096)])
+    for start in range(4096, len(data), 100000):  # pieces cutting records anywhere
+        flow.write(data[start:start + 100000])
+    flow.finish()
+    assert [list(pair) for pair in zip(flow.hole_starts, flow.hole_ends, strict=True)] \
+        == expected
+    assert skeleton.size == len(data) and flow.grains_written == 640
 
 
 def test_random_damage_never_makes_the_two_readings_differ(tmp_path, monkeypatch):
