@@ -172,11 +172,22 @@ def _remove_abandoned(parent: str, prefix: str) -> list[str]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue  # a live run holds it
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(name)
+            if _same_directory(path, fd):  # the name still leads to what was judged
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(name)
         finally:
             os.close(fd)
     return removed
+
+
+def _same_directory(path: str, fd: int) -> bool:
+    """Whether `path` (not followed) is the directory open as `fd`."""
+    try:
+        named, opened = os.lstat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return stat.S_ISDIR(named.st_mode) and \
+        (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 @contextmanager
@@ -317,6 +328,7 @@ class Staging:
 # administrator's choice of a filesystem with room.
 SCRATCH_PARENT = "/var/tmp"
 SCRATCH_PREFIX = "gnt-ovf-scratch-"
+SCRATCH_ATTEMPTS = 5
 
 
 def scratch_parent() -> str:
@@ -334,19 +346,40 @@ def scratch_dir() -> Iterator[str]:
     with SIGKILL cannot remove it, so the next one does (those of this user
     whose lock is free)."""
     parent = scratch_parent()
+    path, fd = _locked_scratch(parent)
     try:
-        path = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=parent)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as err:
-        raise PublishError("%s: cannot create a scratch directory: %s"
-                           % (parent, err.strerror)) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         _remove_abandoned(parent, SCRATCH_PREFIX)
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if _same_directory(path, fd):
+            shutil.rmtree(path, ignore_errors=True)
         os.close(fd)
+
+
+def _locked_scratch(parent: str) -> tuple[str, int]:
+    """A new scratch directory in `parent`, flock()ed: (path, descriptor).
+
+    Between mkdtemp and flock another run may take it for abandoned and
+    remove it; then its name is free for anybody to take in a sticky
+    directory, so it is not used: the lock must hold the directory that
+    the name still leads to, or a new one is made."""
+    for _ in range(SCRATCH_ATTEMPTS):
+        try:
+            path = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=parent)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as err:
+            raise PublishError("%s: cannot create a scratch directory: %s"
+                               % (parent, err.strerror)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # another run holds it, about to remove it
+            continue
+        if _same_directory(path, fd):
+            return path, fd
+        os.close(fd)
+    raise PublishError("%s: cannot create a scratch directory: other runs removed"
+                       " %d in a row" % (parent, SCRATCH_ATTEMPTS))
 
 
 def _fsync_dir(path: str) -> None:

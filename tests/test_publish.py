@@ -1,5 +1,6 @@
 """Staging, locking and no-replace publishing."""
 
+import fcntl
 import os
 
 import pytest
@@ -75,7 +76,6 @@ def test_name_lock_is_exclusive(tmp_path):
 
 
 def test_scratch_left_by_a_killed_run_is_removed_by_the_next(tmp_path, monkeypatch):
-    import fcntl
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     dead = tmp_path / (publish.SCRATCH_PREFIX + "dead")  # its run was SIGKILLed
     dead.mkdir(mode=0o700)
@@ -109,3 +109,32 @@ def test_scratch_left_by_a_killed_run_is_removed_by_the_next(tmp_path, monkeypat
         assert not os.path.exists(scratch)
     finally:
         os.close(holder)
+
+
+def test_scratch_removed_between_mkdtemp_and_flock_is_not_used(tmp_path, monkeypatch):
+    # Another run took our new directory for abandoned (no lock yet) and
+    # removed it, and somebody made another by that name: the name no
+    # longer leads to the directory locked, so a new one is made instead.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    made = []
+    mkdtemp, real_open = publish.tempfile.mkdtemp, os.open
+
+    def recorded(**kwargs):
+        made.append(mkdtemp(**kwargs))
+        return made[-1]
+
+    def open_then_swap(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        if path == made[0] and len(made) == 1:
+            os.rmdir(path)
+            os.mkdir(path, 0o700)
+            os.chown(path, 65534, 65534)  # taken by another user
+        return fd
+
+    monkeypatch.setattr(publish.tempfile, "mkdtemp", recorded)
+    monkeypatch.setattr(os, "open", open_then_swap)
+    with publish.scratch_dir() as scratch:
+        assert scratch == made[1]
+    monkeypatch.undo()
+    assert os.path.isdir(made[0])  # the other directory is left alone
+    assert not os.path.exists(made[1])

@@ -2,12 +2,14 @@
 
 This module owns the order of the steps and the files in between: a gzip or
 chunked file is first materialised (streamed, bounded) into a private staging
-file; then the image is inspected in Python (formats.py), opened by qemu-img
-info with the format found, cross-checked (qcow2 also by qemu-img check, which
-finds a truncated image), and converted to raw: into a new sparse file
-(import_disk) or, for a direct import, into an instance's existing disk
-(prepare, then write_into; target.py opens and zeroes that disk).  Nothing
-is trusted to be raw without inspection saying so.  Programs run only in
+file (a gzip file holding a streamOptimized VMDK is instead converted while
+it inflates, vmdkflow.py, when that pass can vouch for the result); then the
+image is inspected in Python (formats.py), opened by qemu-img info with the
+format found, cross-checked (qcow2 also by qemu-img check, which finds a
+truncated image), and converted to raw: into a new sparse file (import_disk)
+or, for a direct import, into an instance's existing disk (prepare, then
+write_into; target.py opens and zeroes that disk).  Nothing is trusted to be
+raw without inspection saying so.  Programs run only in
 qemu.py.
 """
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ganeti_ovf.disks import formats, gzipstream, qemu, vmdkflow, vmdkread
-from ganeti_ovf.disks.target import Target
+from ganeti_ovf.disks.target import Target, create_sparse
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.package import openfile
 from ganeti_ovf.model import COMPRESSION_GZIP, COMPRESSION_NONE, Member
@@ -67,11 +69,14 @@ class _SparseWriter:
         self.size = 0
         self.allocated = 0
 
-    def write(self, data: bytes) -> None:
-        if self.size + len(data) > self.limit:
+    def _within_limit(self, count: int) -> None:
+        if self.size + count > self.limit:
             raise DiskError("%s: expands beyond the limit of %d bytes%s"
                             % (self.name, self.limit,
                                " (%s)" % self.rule if self.rule else ""))
+
+    def write(self, data: bytes) -> None:
+        self._within_limit(len(data))
         for start in range(0, len(data), BLOCK):
             piece = data[start:start + BLOCK]
             if piece != (_ZERO if len(piece) == BLOCK else bytes(len(piece))):
@@ -84,10 +89,7 @@ class _SparseWriter:
 
     def skip(self, count: int) -> None:
         """`count` bytes left out: a hole, within the size limit."""
-        if self.size + count > self.limit:
-            raise DiskError("%s: expands beyond the limit of %d bytes%s"
-                            % (self.name, self.limit,
-                               " (%s)" % self.rule if self.rule else ""))
+        self._within_limit(count)
         self.size += count
 
     def finish(self) -> None:
@@ -362,17 +364,8 @@ def _import_flowing(members: Sequence[Member], capacity: Optional[int], dest: st
 
     def output(virtual_size: int) -> Tuple[int, str]:
         _admit(name, virtual_size, "vmdk", capacity, max_size)
-        try:
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except OSError as err:
-            raise DiskError("%s: cannot create: %s" % (dest, err.strerror)) from None
-        created.append(fd)
-        try:
-            os.ftruncate(fd, virtual_size)
-        except OSError as err:
-            raise DiskError("%s: cannot size to %d bytes: %s"
-                            % (dest, virtual_size, err.strerror)) from None
-        return fd, dest
+        created.append(create_sparse(dest, virtual_size))
+        return created[0], dest
 
     flow: Optional[vmdkflow.Flow] = None
 
@@ -402,6 +395,8 @@ def _import_flowing(members: Sequence[Member], capacity: Optional[int], dest: st
         if not _stream_optimized(prepared.image) \
                 or prepared.virtual_size != flow.geo.capacity:
             raise vmdkflow.FlowRefused("inspection disagrees with the header")
+        if progress is not None:
+            progress(100.0)
     except (vmdkflow.FlowRefused, DiskError):
         # Inspected in a skeleton: the ordinary reading says what is wrong.
         _removed(dest, created)
@@ -488,15 +483,4 @@ def create_blank(dest: str, size: int) -> None:
     """Create `dest` as a new sparse file of `size` bytes (mode 0600)."""
     if size < 0:
         raise DiskError("%s: negative disk size %d" % (dest, size))
-    try:
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except OSError as err:
-        raise DiskError("%s: cannot create: %s" % (dest, err.strerror)) from None
-    try:
-        os.ftruncate(fd, size)
-    except OSError as err:
-        os.close(fd)
-        _discard(dest)
-        raise DiskError("%s: cannot size to %d bytes: %s"
-                        % (dest, size, err.strerror)) from None
-    os.close(fd)
+    os.close(create_sparse(dest, size))

@@ -6,7 +6,8 @@ zeros, and zeroing a range efficiently: BLKZEROOUT on a block device (the
 kernel offloads it or writes zero pages itself), a punched hole in a file
 (plain zeros where the file system cannot punch).  Whether a new disk reads
 as zeros is the caller's knowledge of how it was made; a regular file is
-trusted to only while it has no block allocated.
+trusted to only while it has no block allocated.  New disks are made by
+create_sparse.
 """
 
 import ctypes
@@ -27,6 +28,24 @@ ZERO_CHUNK = 1024 ** 3  # bytes per zeroing call: a kill is honoured between the
 _WRITE_BLOCK = 1024 ** 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+
+
+def create_sparse(path: str, size: int) -> int:
+    """Create `path` as a new file (mode 0600, never an existing one) of
+    `size` bytes, all a hole; return its descriptor (the caller's to
+    close).  DiskError, leaving nothing behind, on failure."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise DiskError("%s: cannot create: %s" % (path, err.strerror)) from None
+    try:
+        os.ftruncate(fd, size)
+    except OSError as err:
+        os.close(fd)
+        os.unlink(path)
+        raise DiskError("%s: cannot size to %d bytes: %s"
+                        % (path, size, err.strerror)) from None
+    return fd
 
 
 def pwrite_all(fd: int, data, offset: int, name: str) -> None:

@@ -32,16 +32,17 @@ When any of this does not hold (FlowRefused), or the disk is too large for
 the table of what was written (MAX_GRAINS), the caller reads the image the
 ordinary way (store it whole, then vmdkread.py), which also gives the exact
 error when the image is bad: a pass here never decides that an image is bad,
-only that it cannot vouch for it.
+only that it cannot vouch for it.  The one exception is the size: the
+header's capacity is held to the declared capacity before a byte is
+written, as the ordinary way holds qemu-img's figure to it.
 """
 
 import bisect
 import collections
 import concurrent.futures
-import os
 import sys
 from array import array
-from typing import Callable, Deque, List, Optional, Protocol, Tuple, Union
+from typing import Callable, Deque, List, Optional, Protocol, Tuple
 
 from ganeti_ovf.disks import vmdkread
 from ganeti_ovf.disks.vmdkstream import (COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS,
@@ -63,11 +64,12 @@ TAIL = 64 * 1024
 # The table of written grains takes 4 bytes per grain of the disk: 8 MiB for
 # 128 GiB in 64 KiB grains.  Larger disks are stored whole first.
 MAX_GRAINS = 1 << 21
-BATCH_GRAINS = 16  # grains per pool task: about 1 MiB inflated
-MAX_THREADS = 8
+BATCH_BYTES = 1024 ** 2  # deflated bytes per pool task
+# Every writer uses 64 KiB grains; a record is at most twice a grain, so
+# the batches in flight stay a few MiB.  Larger grains are read whole.
+MAX_GRAIN = 64 * 1024
 MAX_SECTOR = 0xFFFFFFFF  # grain table entries are 32-bit sector numbers
 
-Buffer = Union[bytes, bytearray]
 Progress = Callable[[float], None]
 Output = Callable[[int], Tuple[int, str]]  # virtual size -> (fd, name)
 
@@ -104,16 +106,16 @@ class Flow:
         self.output = output
         self.progress = progress
         self.flowing = False
-        self.geo: Optional[vmdkread._Geometry] = None
+        self.geo: Optional[vmdkread.Geometry] = None
         self.writer: Optional[vmdkread.GrainWriter] = None
         # [start, end) runs of grain records, left out of the skeleton
-        self.hole_starts: List[int] = []
-        self.hole_ends: List[int] = []
+        self.hole_starts = array("Q")
+        self.hole_ends = array("Q")
         self.sector_of: Optional[array] = None  # grain -> its marker's sector + 1
         self.grains_written = 0
         self.ended = False  # the end-of-stream marker was seen
         # The last TAIL bytes, held back from the skeleton: (data, is a grain).
-        self._held: Deque[Tuple[Buffer, bool]] = collections.deque()
+        self._held: Deque[Tuple[vmdkread.Buffer, bool]] = collections.deque()
         self._held_bytes = 0
         self._emitted = 0  # stream offset the skeleton has reached
         self._buffer = bytearray()
@@ -121,7 +123,8 @@ class Flow:
         self._decided = False
         self._real_until = 0  # bytes before this offset go to the skeleton
         self._batch: List[Tuple[int, int, memoryview]] = []
-        self._threads = min(threads or os.cpu_count() or 1, MAX_THREADS)
+        self._batch_bytes = 0
+        self._threads = vmdkread.worker_count(threads)
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._pending: Deque[concurrent.futures.Future] = collections.deque()
         self._reported = 0.0
@@ -155,10 +158,10 @@ class Flow:
                 or compression != COMPRESS_DEFLATE or overhead < HEAD:
             return
         try:
-            geo = vmdkread._Geometry(self.name, fields, sys.maxsize)  # size: not yet known
+            geo = vmdkread.Geometry(self.name, fields, sys.maxsize)  # size: not yet known
         except DiskError:
             return  # vmdkread says what is wrong, reading it whole
-        if geo.grains > MAX_GRAINS:
+        if geo.grains > MAX_GRAINS or geo.grain > MAX_GRAIN:
             return
         fd, dest = self.output(geo.capacity)
         self.geo = geo
@@ -190,8 +193,8 @@ class Flow:
                                           % (position // SECTOR, size))
                     if end - at < length:
                         break
-                    record = buffer[at:at + length]  # a bytearray: the inflater
-                    # (deflate.py) and the skeleton take it without a copy
+                    record = buffer[at:at + length]  # a writable copy: libdeflate
+                    # reads the grain in it without another (deflate.py)
                     self._grain(lba, position, memoryview(record)[GRAIN_MARKER.size:
                                                                   GRAIN_MARKER.size + size])
                     self._emit(record, True)
@@ -206,7 +209,7 @@ class Flow:
             del buffer[:at]
             self._position += at
 
-    def _emit(self, data: Buffer, grain: bool) -> None:
+    def _emit(self, data: vmdkread.Buffer, grain: bool) -> None:
         """Give the skeleton `data`, or a hole for a grain record, once
         it is no longer among the last TAIL bytes."""
         self._held.append((data, grain))
@@ -216,7 +219,7 @@ class Flow:
             self._held_bytes -= len(data)
             self._release(data, grain)
 
-    def _release(self, data: Buffer, grain: bool) -> None:
+    def _release(self, data: vmdkread.Buffer, grain: bool) -> None:
         position, length = self._emitted, len(data)
         self._emitted += length
         if not grain or position < HEAD:
@@ -239,7 +242,8 @@ class Flow:
         self.sector_of[grain] = sector + 1
         self.grains_written += 1
         self._batch.append((grain, sector, data))
-        if len(self._batch) >= BATCH_GRAINS:
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= BATCH_BYTES:
             self._submit()
         if self.progress is not None:
             done = 100.0 * (grain + 1) / geo.grains
@@ -248,7 +252,7 @@ class Flow:
                 self.progress(done)
 
     def _submit(self) -> None:
-        batch, self._batch = self._batch, []
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
         if not batch:
             return
         self._pending.append(self._pool.submit(self._run, batch))
@@ -282,8 +286,6 @@ class Flow:
             self._buffer.clear()
         while self._held:
             self._release(self._held.popleft()[0], False)
-        if self.flowing and self.progress is not None:
-            self.progress(100.0)
 
     def close(self) -> None:
         """Stop the pool, dropping grains not yet started (after an error)."""
@@ -302,7 +304,7 @@ class Flow:
         member = Member(name=self.name, path="", offset=0, size=size, fd=skeleton_fd)
         src = _RealBytes(skeleton_fd, member, self.hole_starts, self.hole_ends)
         try:
-            geo = vmdkread._geometry(src)
+            geo = vmdkread.read_geometry(src)
             fields = HEADER.unpack(src.read(0, HEADER.size, "VMDK header"))
             # What format inspection reads of the descriptor (formats.Vmdk).
             if fields[6] <= VMDK_MAX_DESCRIPTOR_SECTORS:
@@ -314,12 +316,11 @@ class Flow:
             raise FlowRefused("the footer's geometry is not the header's")
         pointed_at = 0
         sector_of = self.sector_of
-        zero_entries = geo.flags & vmdkread.FLAG_ZERO_GRAIN
         try:
-            for index, table in vmdkread._grain_tables(src, geo):
+            for index, table in vmdkread.grain_tables(src, geo):
                 base = index * geo.gtes
                 for i, sector in enumerate(table):
-                    if not sector or (zero_entries and sector == vmdkread.GTE_ZEROED):
+                    if not geo.stored(sector):
                         continue
                     grain = base + i
                     if grain >= geo.grains or sector_of[grain] != sector + 1:
@@ -333,10 +334,12 @@ class Flow:
                               % (self.grains_written, pointed_at))
 
 
-class _RealBytes(vmdkread._Source):
-    """Reads of the skeleton that must not touch a hole (FlowRefused)."""
+class _RealBytes(vmdkread.Source):
+    """Reads of the skeleton whose bytes are used must not meet a hole
+    (FlowRefused): every read, and each structure of a run read at once
+    (grain tables close together, with grain records between them)."""
 
-    def __init__(self, fd: int, member: Member, starts: List[int], ends: List[int]) -> None:
+    def __init__(self, fd: int, member: Member, starts: array, ends: array) -> None:
         super().__init__(fd, member)
         self.starts = starts
         self.ends = ends
@@ -350,3 +353,6 @@ class _RealBytes(vmdkread._Source):
     def read(self, offset: int, length: int, what: str) -> bytes:
         self.check(offset, length, what)
         return super().read(offset, length, what)
+
+    def read_run(self, offset: int, length: int, what: str) -> bytes:
+        return super().read(offset, length, what)  # its parts are check()ed

@@ -40,7 +40,7 @@ from ganeti_ovf.disks.vmdkstream import (COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG
                                    MARKER_EOS, MARKER_FOOTER, META_MARKER, SECTOR)
 from ganeti_ovf.disks import deflate
 from ganeti_ovf.disks.formats import open_image
-from ganeti_ovf.disks.target import pwrite_all
+from ganeti_ovf.disks.target import create_sparse, pwrite_all
 from ganeti_ovf.errors import DiskError
 from ganeti_ovf.model import Member
 
@@ -60,11 +60,11 @@ MAX_THREADS = 8
 
 Progress = Callable[[float], None]
 Zero = Callable[[int, int], None]  # zero(offset, length) on the output
-Buffer = Union[bytes, memoryview]
+Buffer = Union[bytes, bytearray, memoryview]
 _Grain = Tuple[int, int]  # (file sector of the marker, grain index)
 
 
-class _Geometry:
+class Geometry:
     """The header fields that matter, validated."""
 
     def __init__(self, name: str, fields: tuple, size: int) -> None:
@@ -96,13 +96,25 @@ class _Geometry:
         self.grains = -(-capacity // grain_sectors)
         self.num_gts = -(-self.grains // gtes)
         self.gd_offset = gd_offset * SECTOR if gd_offset != GD_AT_END else -1
+        self.zero_entries = bool(flags & FLAG_ZERO_GRAIN)
         if self.gd_offset >= 0 and (gd_offset == 0
                                     or self.gd_offset + self.num_gts * 4 > size):
             raise DiskError("%s: VMDK grain directory (%d entries at sector %d) lies"
                             " outside the file" % (name, self.num_gts, gd_offset))
 
+    def stored(self, sector: int) -> bool:
+        """Whether a grain table entry names a stored grain (not 0, and not
+        1 where the header says 1 means "reads as zeros")."""
+        return bool(sector) and not (self.zero_entries and sector == GTE_ZEROED)
 
-class _Source:
+
+def worker_count(threads: int) -> int:
+    """Threads for a conversion: `threads`, 0 meaning one per processor,
+    at most MAX_THREADS."""
+    return min(threads or os.cpu_count() or 1, MAX_THREADS)
+
+
+class Source:
     """Positional reads inside the member's byte range only."""
 
     def __init__(self, fd: int, member: Member) -> None:
@@ -124,8 +136,16 @@ class _Source:
             raise DiskError("%s: file ends inside %s" % (self.name, what))
         return data
 
+    def read_run(self, offset: int, length: int, what: str) -> bytes:
+        """read() of a run of several structures, each of which check()
+        is then told of (only those count: a subclass may judge them)."""
+        return self.read(offset, length, what)
 
-def _footer_fields(src: _Source) -> Optional[tuple]:
+    def check(self, offset: int, length: int, what: str) -> None:
+        """A structure of `length` bytes at `offset` that is used."""
+
+
+def _footer_fields(src: Source) -> Optional[tuple]:
     """The footer header, or None when the file does not end in a footer."""
     if src.size < 4 * SECTOR:
         return None
@@ -139,16 +159,16 @@ def _footer_fields(src: _Source) -> Optional[tuple]:
     return HEADER.unpack_from(tail, SECTOR)
 
 
-def _geometry(src: _Source) -> _Geometry:
+def read_geometry(src: Source) -> Geometry:
     head = HEADER.unpack(src.read(0, HEADER.size, "VMDK header"))
-    header = _Geometry(src.name, head, src.size)
+    header = Geometry(src.name, head, src.size)
     footer = _footer_fields(src)
     if footer is None:
         if header.gd_offset < 0:
             raise DiskError("%s: VMDK grain directory is at the end but the file has no"
                             " footer (truncated?)" % src.name)
         return header
-    found = _Geometry(src.name, footer, src.size)
+    found = Geometry(src.name, footer, src.size)
     if (found.capacity, found.grain, found.gtes) != \
             (header.capacity, header.grain, header.gtes):
         raise DiskError("%s: VMDK footer (capacity %d, grain %d) does not match the"
@@ -169,7 +189,7 @@ def _words(data: bytes) -> array:
     return table
 
 
-def _grain_tables(src: _Source, geo: _Geometry) -> Iterator[Tuple[int, array]]:
+def grain_tables(src: Source, geo: Geometry) -> Iterator[Tuple[int, array]]:
     """Yield (table index, its entries) for every grain table holding data."""
     gt_bytes = geo.gtes * 4
     zero_gt = bytes(gt_bytes)
@@ -194,7 +214,10 @@ def _grain_tables(src: _Source, geo: _Geometry) -> Iterator[Tuple[int, array]]:
                     raise DiskError("%s: VMDK grain directory entry %d points past the"
                                     " end of the file (sector %d)"
                                     % (src.name, index, sector))
-            block = src.read(start, length, "VMDK grain tables")
+            block = src.read_run(start, length, "VMDK grain tables")
+            for sector, index in run:  # each table the directory names is used,
+                # an all-zero one too (it says "no grain here")
+                src.check(sector * SECTOR, gt_bytes, "VMDK grain table %d" % index)
             if block != bytes(length):
                 for sector, index in run:
                     rel = sector * SECTOR - start
@@ -204,13 +227,12 @@ def _grain_tables(src: _Source, geo: _Geometry) -> Iterator[Tuple[int, array]]:
             pos = end
 
 
-def _batches(src: _Source, geo: _Geometry, index: int, table: array) -> List[List[_Grain]]:
+def _batches(src: Source, geo: Geometry, index: int, table: array) -> List[List[_Grain]]:
     """Group one table's stored grains by file position into read batches."""
     base = index * geo.gtes
     grains: List[_Grain] = []
-    zero_entries = geo.flags & FLAG_ZERO_GRAIN
     for i, sector in enumerate(table):
-        if not sector or (zero_entries and sector == GTE_ZEROED):
+        if not geo.stored(sector):
             continue
         if base + i >= geo.grains:
             raise DiskError("%s: VMDK grain table %d has a grain past the capacity"
@@ -235,7 +257,7 @@ class GrainWriter:
     to and the zero handling; shared by the reader below and vmdkflow.py.
     `name` names the image in messages."""
 
-    def __init__(self, name: str, geo: _Geometry, out: int, dest: str,
+    def __init__(self, name: str, geo: Geometry, out: int, dest: str,
                  zero: Optional[Zero] = None) -> None:
         self.name = name
         self.geo = geo
@@ -315,7 +337,7 @@ class GrainWriter:
 class _Converter(GrainWriter):
     """Reads, inflates and writes batches of grains (runs on pool threads)."""
 
-    def __init__(self, src: _Source, geo: _Geometry, out: int, dest: str,
+    def __init__(self, src: Source, geo: Geometry, out: int, dest: str,
                  zero: Optional[Zero] = None) -> None:
         super().__init__(src.name, geo, out, dest, zero)
         self.src = src
@@ -358,16 +380,8 @@ def convert_stream_optimized(member: Member, dest: str, virtual_size: int,
     inconsistency in the image or a read or write failure; no `dest` is left
     behind then.
     """
+    out = create_sparse(dest, virtual_size)
     try:
-        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except OSError as err:
-        raise DiskError("%s: cannot create: %s" % (dest, err.strerror)) from None
-    try:
-        try:
-            os.ftruncate(out, virtual_size)
-        except OSError as err:
-            raise DiskError("%s: cannot size to %d bytes: %s"
-                            % (dest, virtual_size, err.strerror)) from None
         write_stream_optimized(member, out, dest, virtual_size, threads=threads,
                                progress=progress)
     except BaseException:
@@ -387,30 +401,28 @@ def write_stream_optimized(member: Member, out: int, dest: str, virtual_size: in
     written; otherwise every byte of the virtual disk is written, the
     ranges without data through zero(offset, length).
     """
-    src = _Source(open_image(member), member)
-    geo = _geometry(src)
+    src = Source(open_image(member), member)
+    geo = read_geometry(src)
     if geo.capacity != virtual_size:
         raise DiskError("%s: VMDK capacity %d differs from the virtual size %d"
                         % (member.name, geo.capacity, virtual_size))
     _convert(src, geo, _Converter(src, geo, out, dest, zero), threads, progress)
 
 
-def _zero_grains(geo: _Geometry, first: int, end: int, zero: Zero) -> None:
+def _zero_grains(geo: Geometry, first: int, end: int, zero: Zero) -> None:
     """Zero grains [first, end): a non-empty run whose first grain is inside
     the disk (the last grain may end past the capacity: cut there)."""
     start = first * geo.grain
     zero(start, min(end * geo.grain, geo.capacity) - start)
 
 
-def _zero_unstored(geo: _Geometry, index: int, table: array, zero: Zero) -> None:
+def _zero_unstored(geo: Geometry, index: int, table: array, zero: Zero) -> None:
     """Zero the runs of grains table `index` does not store."""
     base = index * geo.gtes
-    zero_entries = geo.flags & FLAG_ZERO_GRAIN
     count = min(geo.gtes, geo.grains - base)
     run = -1
     for i in range(count):
-        sector = table[i]
-        stored = sector and not (zero_entries and sector == GTE_ZEROED)
+        stored = geo.stored(table[i])
         if not stored and run < 0:
             run = i
         elif stored and run >= 0:
@@ -420,9 +432,9 @@ def _zero_unstored(geo: _Geometry, index: int, table: array, zero: Zero) -> None
         _zero_grains(geo, base + run, base + count, zero)
 
 
-def _convert(src: _Source, geo: _Geometry, converter: _Converter, threads: int,
+def _convert(src: Source, geo: Geometry, converter: _Converter, threads: int,
              progress: Optional[Progress]) -> None:
-    workers = min(threads or os.cpu_count() or 1, MAX_THREADS)
+    workers = worker_count(threads)
     in_flight = 2 * workers
     pending: Deque[concurrent.futures.Future] = collections.deque()
     last = 0.0
@@ -430,7 +442,7 @@ def _convert(src: _Source, geo: _Geometry, converter: _Converter, threads: int,
     with_data = bytearray(geo.num_gts) if zero is not None else None
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         try:
-            for index, table in _grain_tables(src, geo):
+            for index, table in grain_tables(src, geo):
                 if with_data is not None:
                     with_data[index] = 1
                     _zero_unstored(geo, index, table, zero)
@@ -454,7 +466,7 @@ def _convert(src: _Source, geo: _Geometry, converter: _Converter, threads: int,
         progress(100.0)
 
 
-def _zero_tables_without_data(geo: _Geometry, with_data: bytearray, zero: Zero) -> None:
+def _zero_tables_without_data(geo: Geometry, with_data: bytearray, zero: Zero) -> None:
     """Zero the grains of every table that holds no data, run by run."""
     index = 0
     while index < geo.num_gts:

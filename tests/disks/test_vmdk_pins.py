@@ -40,14 +40,14 @@ def same_as_source(source, image, tmp_path) -> None:
 # ------------------------------------------------------------------ reader: header bounds
 
 
-def geometry(size: int = MIB, **fields) -> vmdkread._Geometry:
+def geometry(size: int = MIB, **fields) -> vmdkread.Geometry:
     """The reader's view of a header: a valid one, with `fields` changed."""
     values = dict(magic=vmdkstream.MAGIC, version=3, flags=FLAGS, capacity=2048,
                   grain=128, desc_offset=1, desc_size=20, gtes=512, rgd=0, gd=1,
                   overhead=128, unclean=0, newlines=b"\n \r\n",
                   compression=vmdkstream.COMPRESS_DEFLATE)
     values.update(fields)
-    return vmdkread._Geometry("d.vmdk", tuple(values.values()), size)
+    return vmdkread.Geometry("d.vmdk", tuple(values.values()), size)
 
 
 @pytest.mark.parametrize("fields", [
@@ -327,13 +327,13 @@ def test_grain_tables_read_in_bounded_pieces(tmp_path, monkeypatch):
     raw = make_raw(tmp_path / "src.raw", 3 * GT_SPAN, pieces)
     image = by_vmdkstream(raw, tmp_path / "disk.vmdk")
     reads = []
-    original = vmdkread._Source.read
+    original = vmdkread.Source.read
 
     def recording(self, offset, length, what):
         reads.append((what, length))
         return original(self, offset, length, what)
 
-    monkeypatch.setattr(vmdkread._Source, "read", recording)
+    monkeypatch.setattr(vmdkread.Source, "read", recording)
     same_as_source(raw, image, tmp_path)
     tables = [length for what, length in reads if what == "VMDK grain tables"]
     assert len(tables) == 3 and max(tables) <= 256 * KIB == vmdkread.META_READ
@@ -498,7 +498,7 @@ def test_file_shrinking_while_read(tmp_path):
     path.write_bytes(bytes(4 * SECTOR))
     member = whole(path)
     os.truncate(path, 3 * SECTOR)
-    source = vmdkread._Source(member.fd, member)
+    source = vmdkread.Source(member.fd, member)
     assert source.read(2 * SECTOR, SECTOR, "VMDK grains") == bytes(SECTOR)
     with pytest.raises(DiskError) as info:
         source.read(3 * SECTOR, SECTOR, "VMDK grains")
