@@ -81,7 +81,7 @@ class FlowRefused(Exception):
 class SkeletonWriter(Protocol):
     """Where the skeleton goes, in order: data, or a run of bytes left out."""
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: vmdkread.Buffer) -> None: ...
 
     def skip(self, count: int) -> None: ...
 
@@ -121,6 +121,7 @@ class Flow:
         self._buffer = bytearray()
         self._position = 0  # stream offset of _buffer[0]
         self._decided = False
+        self._descriptor = (0, 0)  # the header's: offset in bytes, size in sectors
         self._real_until = 0  # bytes before this offset go to the skeleton
         self._batch: List[Tuple[int, int, memoryview]] = []
         self._batch_bytes = 0
@@ -165,6 +166,7 @@ class Flow:
             return
         fd, dest = self.output(geo.capacity)
         self.geo = geo
+        self._descriptor = (fields[5] * SECTOR, fields[6])  # offset, sectors
         self.writer = vmdkread.GrainWriter(self.name, geo, fd, dest)
         self.sector_of = array("I", [0]) * geo.grains
         self._real_until = overhead
@@ -180,7 +182,7 @@ class Flow:
                 if self.ended or position < self._real_until:
                     count = end - at if self.ended else min(end - at,
                                                             self._real_until - position)
-                    self._emit(bytes(buffer[at:at + count]), False)
+                    self._emit(buffer[at:at + count], False)  # a copy already
                     at += count
                     continue
                 if end - at < META_MARKER.size:
@@ -223,7 +225,7 @@ class Flow:
         position, length = self._emitted, len(data)
         self._emitted += length
         if not grain or position < HEAD:
-            self.skeleton.write(bytes(data))
+            self.skeleton.write(data)
             return
         self.skeleton.skip(length)
         if self.hole_ends and self.hole_ends[-1] == position:
@@ -305,10 +307,11 @@ class Flow:
         src = _RealBytes(skeleton_fd, member, self.hole_starts, self.hole_ends)
         try:
             geo = vmdkread.read_geometry(src)
-            fields = HEADER.unpack(src.read(0, HEADER.size, "VMDK header"))
-            # What format inspection reads of the descriptor (formats.Vmdk).
-            if fields[6] <= VMDK_MAX_DESCRIPTOR_SECTORS:
-                src.check(fields[5] * SECTOR, fields[6] * SECTOR, "VMDK descriptor")
+            # What format inspection reads of the descriptor (formats.Vmdk);
+            # the header is real bytes, the one parsed in _decide.
+            offset, sectors = self._descriptor
+            if sectors <= VMDK_MAX_DESCRIPTOR_SECTORS:
+                src.check(offset, sectors * SECTOR, "VMDK descriptor")
         except DiskError as err:
             raise FlowRefused(str(err)) from None
         if (geo.capacity, geo.grain, geo.gtes) != \

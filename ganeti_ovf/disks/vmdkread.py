@@ -214,10 +214,10 @@ def grain_tables(src: Source, geo: Geometry) -> Iterator[Tuple[int, array]]:
                     raise DiskError("%s: VMDK grain directory entry %d points past the"
                                     " end of the file (sector %d)"
                                     % (src.name, index, sector))
-            block = src.read_run(start, length, "VMDK grain tables")
-            for sector, index in run:  # each table the directory names is used,
-                # an all-zero one too (it says "no grain here")
+                # Each table the directory names is used, an all-zero one
+                # too (it says "no grain here").
                 src.check(sector * SECTOR, gt_bytes, "VMDK grain table %d" % index)
+            block = src.read_run(start, length, "VMDK grain tables")
             if block != bytes(length):
                 for sector, index in run:
                     rel = sector * SECTOR - start
